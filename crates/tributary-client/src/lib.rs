@@ -1,0 +1,39 @@
+//! Rust SDK for Tributary, a Raft-replicated, Kinesis-like sharded log.
+//!
+//! - [`Client`]: one connection to any node, one method per RPC, typed [`Error`]s that carry
+//!   the server's stable [`ErrorCode`](tributary_proto::v1::ErrorCode).
+//! - [`put_all`]: batched, retried, order-keeping writes of many records.
+//! - [`read_until_tip`], [`read_shard_until_tip`], [`read_stream_until_tip`], [`follow`] and
+//!   [`ShardReader`]: reading shards up to their tip at the time of the call, or forever.
+//! - [`hash_key`] and [`shard_for_hash`]: which shard a partition key lands on.
+//!
+//! The wire types are re-exported as [`proto`].
+
+#![warn(missing_docs)]
+
+mod backoff;
+mod client;
+mod error;
+mod position;
+mod producer;
+mod reader;
+mod routing;
+
+pub use bytes::Bytes;
+pub use tributary_proto as proto;
+
+pub use backoff::RetryPolicy;
+pub use client::{Client, ClientOptions, MAX_MESSAGE_BYTES};
+pub use error::{error_code_from_name, error_code_name, is_retryable_code, Error};
+pub use position::StartingPosition;
+pub use producer::{put_all, PutError, PutOptions, PutSummary, MAX_BATCH_BYTES, MAX_BATCH_RECORDS};
+pub use reader::{
+    follow, read_shard_until_tip, read_stream_until_tip, read_until_tip, ReadMode, ShardReader,
+    ShardRecord, FOLLOW_POLL_INTERVAL, MAX_RECORDS_PER_CALL,
+};
+pub use routing::{hash_key, shard_for_hash, shard_for_record};
+pub use tributary_proto::v1::{
+    ClusterStatusResponse, ErrorCode, GetRecordsResponse, NodeStatus, PutRecordResponse,
+    PutRecordsEntry, PutRecordsResponse, Record, Shard, ShardStatus, StreamDescription,
+    StreamStatus, StreamSummary,
+};

@@ -1,0 +1,750 @@
+//! The SDK's retry and stop logic against `FakeTributary`, an in-process gRPC **fake**.
+//!
+//! A fake, not the real server, because these tests need faults on demand: a PutRecords call
+//! that fails whole, one shard's entries failing while the other's succeed, an iterator that
+//! expires mid-read, a ListShards tip that lags the log. End-to-end behaviour against real
+//! nodes lives in the workspace `tests` crate.
+
+use std::collections::BTreeMap;
+use std::ops::ControlFlow;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tonic::metadata::MetadataValue;
+use tonic::transport::server::TcpIncoming;
+use tonic::{Request, Response, Status};
+use tributary_client::proto::v1::data_service_server::{DataService, DataServiceServer};
+use tributary_client::proto::v1::stream_service_server::{StreamService, StreamServiceServer};
+use tributary_client::proto::v1::{
+    CreateStreamRequest, CreateStreamResponse, DeleteStreamRequest, DeleteStreamResponse,
+    DescribeStreamRequest, DescribeStreamResponse, GetRecordsRequest, GetShardIteratorRequest,
+    GetShardIteratorResponse, ListShardsRequest, ListShardsResponse, ListStreamsRequest,
+    ListStreamsResponse, PutRecordRequest, PutRecordsRequest, PutRecordsResultEntry,
+    ShardIteratorType,
+};
+use tributary_client::{
+    error_code_name, follow, put_all, read_shard_until_tip, read_stream_until_tip,
+    shard_for_record, Client, ErrorCode, GetRecordsResponse, PutOptions, PutRecordResponse,
+    PutRecordsResponse, Record, RetryPolicy, Shard, ShardStatus, StartingPosition,
+    StreamDescription, StreamStatus, StreamSummary,
+};
+
+const STREAM: &str = "orders";
+
+/// Decides the fate of one PutRecords entry: `(call number from 1, shard index)` → failure.
+type EntryFault = Box<dyn FnMut(usize, usize, &str) -> Option<ErrorCode> + Send>;
+
+struct FakeShard {
+    meta: Shard,
+    log: Vec<Record>,
+    /// Report only this many records as committed in ListShards (a tip that lags the log).
+    listed_len: Option<usize>,
+}
+
+#[derive(Default)]
+struct FakeState {
+    shards: Vec<FakeShard>,
+    /// Whole PutRecords calls to fail, one per call, before faults per entry apply.
+    put_call_faults: Vec<ErrorCode>,
+    entry_fault: Option<EntryFault>,
+    /// Number of entries in each PutRecords request, in call order.
+    put_request_sizes: Vec<usize>,
+    /// GetRecords call numbers (from 1) that fail with ExpiredIterator.
+    expire_get_records_calls: Vec<usize>,
+    get_records_calls: usize,
+    /// Most records a GetRecords page returns, so reads take several pages.
+    max_page: usize,
+    /// DescribeStream reports CREATING this many times before ACTIVE.
+    creating_describes: usize,
+}
+
+#[derive(Clone)]
+struct FakeTributary {
+    state: Arc<Mutex<FakeState>>,
+}
+
+impl FakeTributary {
+    /// `shards` equal hash ranges, all open.
+    fn new(shards: usize) -> FakeTributary {
+        let width = u128::MAX / shards as u128;
+        let shards = (0..shards)
+            .map(|index| {
+                let start = index as u128 * width;
+                let end = if index + 1 == shards {
+                    u128::MAX
+                } else {
+                    start + width - 1
+                };
+                let mut meta = Shard {
+                    shard_id: format!("shardId-{index:012}"),
+                    starting_hash_key: start.to_string(),
+                    ending_hash_key: end.to_string(),
+                    starting_sequence_number: sequence(index, 0).to_string(),
+                    leader_node_id: 1,
+                    ..Default::default()
+                };
+                meta.set_status(ShardStatus::Open);
+                FakeShard {
+                    meta,
+                    log: Vec::new(),
+                    listed_len: None,
+                }
+            })
+            .collect();
+        FakeTributary {
+            state: Arc::new(Mutex::new(FakeState {
+                shards,
+                max_page: 10_000,
+                ..Default::default()
+            })),
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, FakeState> {
+        self.state.lock().expect("fake state lock")
+    }
+
+    /// Serves the fake on a free loopback port and connects a client to it.
+    async fn start(&self) -> Client {
+        let addr = "127.0.0.1:0".parse().expect("socket address");
+        let incoming = TcpIncoming::bind(addr).expect("bind a loopback port");
+        let local = incoming.local_addr().expect("bound address");
+        let server = tonic::transport::Server::builder()
+            .add_service(StreamServiceServer::new(self.clone()))
+            .add_service(DataServiceServer::new(self.clone()))
+            .serve_with_incoming(incoming);
+        tokio::spawn(server);
+        Client::connect(&local.to_string())
+            .await
+            .expect("connect to the fake")
+    }
+
+    /// `(partition_key, data)` of each shard's log, by shard index.
+    fn logs(&self) -> Vec<Vec<(String, String)>> {
+        self.state()
+            .shards
+            .iter()
+            .map(|shard| {
+                shard
+                    .log
+                    .iter()
+                    .map(|r| {
+                        let data = String::from_utf8_lossy(&r.data).into_owned();
+                        (r.partition_key.clone(), data)
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    fn log_records(&self, shard: usize) -> Vec<Record> {
+        self.state().shards[shard].log.clone()
+    }
+}
+
+/// Sequence numbers carry the shard index in their high bits, like the real server's.
+fn sequence(shard: usize, offset: usize) -> u128 {
+    ((shard as u128) << 64) + offset as u128 + 1
+}
+
+fn api_status(code: ErrorCode, message: impl Into<String>) -> Status {
+    let mut status = Status::unavailable(message);
+    if let Ok(value) = MetadataValue::try_from(error_code_name(code)) {
+        status
+            .metadata_mut()
+            .insert(tributary_client::proto::ERROR_CODE_METADATA, value);
+    }
+    status
+}
+
+fn check_stream(name: &str) -> Result<(), Status> {
+    if name == STREAM {
+        Ok(())
+    } else {
+        Err(api_status(
+            ErrorCode::ResourceNotFound,
+            format!("stream '{name}' not found"),
+        ))
+    }
+}
+
+#[tonic::async_trait]
+impl StreamService for FakeTributary {
+    async fn create_stream(
+        &self,
+        _: Request<CreateStreamRequest>,
+    ) -> Result<Response<CreateStreamResponse>, Status> {
+        Ok(Response::new(CreateStreamResponse {}))
+    }
+
+    async fn delete_stream(
+        &self,
+        _: Request<DeleteStreamRequest>,
+    ) -> Result<Response<DeleteStreamResponse>, Status> {
+        Ok(Response::new(DeleteStreamResponse {}))
+    }
+
+    async fn describe_stream(
+        &self,
+        request: Request<DescribeStreamRequest>,
+    ) -> Result<Response<DescribeStreamResponse>, Status> {
+        check_stream(&request.get_ref().stream_name)?;
+        let mut state = self.state();
+        let mut summary = StreamSummary {
+            stream_name: STREAM.into(),
+            shard_count: state.shards.len() as u32,
+            ..Default::default()
+        };
+        if state.creating_describes > 0 {
+            state.creating_describes -= 1;
+            summary.set_status(StreamStatus::Creating);
+        } else {
+            summary.set_status(StreamStatus::Active);
+        }
+        let stream = StreamDescription {
+            summary: Some(summary),
+            shards: state.shards.iter().map(|s| s.meta.clone()).collect(),
+        };
+        Ok(Response::new(DescribeStreamResponse {
+            stream: Some(stream),
+        }))
+    }
+
+    async fn list_streams(
+        &self,
+        _: Request<ListStreamsRequest>,
+    ) -> Result<Response<ListStreamsResponse>, Status> {
+        Ok(Response::new(ListStreamsResponse::default()))
+    }
+
+    async fn list_shards(
+        &self,
+        request: Request<ListShardsRequest>,
+    ) -> Result<Response<ListShardsResponse>, Status> {
+        check_stream(&request.get_ref().stream_name)?;
+        let state = self.state();
+        let shards = state
+            .shards
+            .iter()
+            .map(|shard| {
+                let len = shard
+                    .listed_len
+                    .unwrap_or(shard.log.len())
+                    .min(shard.log.len());
+                let mut meta = shard.meta.clone();
+                meta.last_sequence_number = len
+                    .checked_sub(1)
+                    .map(|last| shard.log[last].sequence_number.clone());
+                meta
+            })
+            .collect();
+        Ok(Response::new(ListShardsResponse { shards }))
+    }
+}
+
+#[tonic::async_trait]
+impl DataService for FakeTributary {
+    async fn put_record(
+        &self,
+        _: Request<PutRecordRequest>,
+    ) -> Result<Response<PutRecordResponse>, Status> {
+        Err(Status::unimplemented("the SDK producer uses PutRecords"))
+    }
+
+    async fn put_records(
+        &self,
+        request: Request<PutRecordsRequest>,
+    ) -> Result<Response<PutRecordsResponse>, Status> {
+        let request = request.into_inner();
+        check_stream(&request.stream_name)?;
+        let mut guard = self.state();
+        let state = &mut *guard;
+        state.put_request_sizes.push(request.records.len());
+        let call = state.put_request_sizes.len();
+        if !state.put_call_faults.is_empty() {
+            let code = state.put_call_faults.remove(0);
+            return Err(api_status(code, "injected whole-call failure"));
+        }
+        let metas: Vec<Shard> = state.shards.iter().map(|s| s.meta.clone()).collect();
+        let mut response = PutRecordsResponse::default();
+        for entry in request.records {
+            let Some(shard) = shard_for_record(
+                &metas,
+                &entry.partition_key,
+                entry.explicit_hash_key.as_deref(),
+            ) else {
+                return Err(api_status(ErrorCode::InternalFailure, "no shard"));
+            };
+            let index = metas
+                .iter()
+                .position(|m| m.shard_id == shard.shard_id)
+                .expect("routed to a listed shard");
+            let fault = state
+                .entry_fault
+                .as_mut()
+                .and_then(|fault| fault(call, index, &entry.partition_key));
+            if let Some(code) = fault {
+                response.failed_record_count += 1;
+                let mut result = PutRecordsResultEntry {
+                    error_message: format!("injected {}", error_code_name(code)),
+                    ..Default::default()
+                };
+                result.set_error_code(code);
+                response.records.push(result);
+                continue;
+            }
+            let log = &mut state.shards[index].log;
+            let sequence_number = sequence(index, log.len()).to_string();
+            log.push(Record {
+                sequence_number: sequence_number.clone(),
+                approximate_arrival_timestamp: None,
+                data: entry.data,
+                partition_key: entry.partition_key,
+            });
+            response.records.push(PutRecordsResultEntry {
+                shard_id: shard.shard_id.clone(),
+                sequence_number,
+                ..Default::default()
+            });
+        }
+        Ok(Response::new(response))
+    }
+
+    async fn get_shard_iterator(
+        &self,
+        request: Request<GetShardIteratorRequest>,
+    ) -> Result<Response<GetShardIteratorResponse>, Status> {
+        let request = request.into_inner();
+        check_stream(&request.stream_name)?;
+        let state = self.state();
+        let Some(index) = state
+            .shards
+            .iter()
+            .position(|s| s.meta.shard_id == request.shard_id)
+        else {
+            return Err(api_status(ErrorCode::ResourceNotFound, "no such shard"));
+        };
+        let log = &state.shards[index].log;
+        let given = request
+            .starting_sequence_number
+            .as_deref()
+            .and_then(|s| s.parse::<u128>().ok());
+        let seq_of = |r: &Record| r.sequence_number.parse::<u128>().unwrap_or(0);
+        let offset = match (request.shard_iterator_type(), given) {
+            (ShardIteratorType::Latest, _) => log.len(),
+            (ShardIteratorType::AtSequenceNumber, Some(given)) => {
+                log.iter().take_while(|r| seq_of(r) < given).count()
+            }
+            (ShardIteratorType::AfterSequenceNumber, Some(given)) => {
+                log.iter().take_while(|r| seq_of(r) <= given).count()
+            }
+            _ => 0,
+        };
+        Ok(Response::new(GetShardIteratorResponse {
+            shard_iterator: format!("{index}:{offset}"),
+        }))
+    }
+
+    async fn get_records(
+        &self,
+        request: Request<GetRecordsRequest>,
+    ) -> Result<Response<GetRecordsResponse>, Status> {
+        let request = request.into_inner();
+        let mut state = self.state();
+        state.get_records_calls += 1;
+        if state
+            .expire_get_records_calls
+            .contains(&state.get_records_calls)
+        {
+            return Err(api_status(ErrorCode::ExpiredIterator, "iterator expired"));
+        }
+        let parsed = request
+            .shard_iterator
+            .split_once(':')
+            .and_then(|(shard, offset)| Some((shard.parse().ok()?, offset.parse().ok()?)));
+        let Some((index, offset)): Option<(usize, usize)> = parsed else {
+            return Err(api_status(ErrorCode::InvalidArgument, "bad iterator"));
+        };
+        let shard: &FakeShard = &state.shards[index];
+        let limit = (request.limit as usize).min(state.max_page);
+        let end = (offset + limit).min(shard.log.len());
+        let closed = shard.meta.status() == ShardStatus::Closed;
+        let response = GetRecordsResponse {
+            records: shard.log[offset..end].to_vec(),
+            next_shard_iterator: (!(closed && end == shard.log.len()))
+                .then(|| format!("{index}:{end}")),
+            millis_behind_latest: if end < shard.log.len() { 1000 } else { 0 },
+        };
+        Ok(Response::new(response))
+    }
+}
+
+fn fast_options() -> PutOptions {
+    PutOptions {
+        retry: RetryPolicy {
+            max_attempts: 5,
+            max_elapsed: Duration::from_secs(10),
+            initial_backoff: Duration::from_millis(1),
+            max_backoff: Duration::from_millis(5),
+        },
+        ..PutOptions::default()
+    }
+}
+
+fn keyed_records(count: usize, keys: usize) -> Vec<(String, Vec<u8>, Option<String>)> {
+    (0..count)
+        .map(|i| {
+            (
+                format!("key-{}", i % keys),
+                i.to_string().into_bytes(),
+                None,
+            )
+        })
+        .collect()
+}
+
+/// Each key's data values, in log order.
+fn data_by_key(logs: &[Vec<(String, String)>]) -> BTreeMap<String, Vec<usize>> {
+    let mut by_key: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    for (key, data) in logs.iter().flatten() {
+        let value = data.parse().expect("numeric data");
+        by_key.entry(key.clone()).or_default().push(value);
+    }
+    by_key
+}
+
+#[tokio::test]
+async fn put_all_retries_only_failed_entries_and_keeps_key_order() {
+    let fake = FakeTributary::new(2);
+    {
+        let mut state = fake.state();
+        state.put_call_faults = vec![ErrorCode::Unavailable];
+        // The second call (the first batch, resent) finds shard 1 leaderless.
+        state.entry_fault = Some(Box::new(|call, shard, _| {
+            (call == 2 && shard == 1).then_some(ErrorCode::Unavailable)
+        }));
+    }
+    let client = fake.start().await;
+    let records = keyed_records(1200, 7);
+    let summary = put_all(&client, STREAM, records, &fast_options())
+        .await
+        .expect("every record acknowledged");
+
+    assert_eq!(summary.acknowledged, 1200);
+    assert_eq!(summary.results.len(), 1200);
+    let logs = fake.logs();
+    assert_eq!(
+        logs.iter().map(Vec::len).sum::<usize>(),
+        1200,
+        "no duplicates"
+    );
+    for (key, values) in data_by_key(&logs) {
+        assert!(values.windows(2).all(|w| w[0] < w[1]), "{key} out of order");
+    }
+    let on_shard_1 = logs[1]
+        .iter()
+        .filter(|(_, data)| data.parse::<usize>().is_ok_and(|i| i < 500))
+        .count();
+    assert_eq!(
+        fake.state().put_request_sizes,
+        vec![500, 500, on_shard_1, 500, 200],
+        "whole batch resent after a call failure; only failed entries after an entry failure"
+    );
+    // Results are in input order and point at the stored records.
+    for (i, (shard_id, sequence_number)) in summary.results.iter().enumerate() {
+        let shard = usize::from(shard_id.ends_with('1'));
+        let record = fake
+            .log_records(shard)
+            .into_iter()
+            .find(|r| &r.sequence_number == sequence_number)
+            .expect("result names a stored record");
+        assert_eq!(record.data, i.to_string().into_bytes());
+    }
+}
+
+#[tokio::test]
+async fn put_all_stops_at_a_non_retryable_entry_error() {
+    let fake = FakeTributary::new(2);
+    fake.state().entry_fault = Some(Box::new(|_, _, key| {
+        (key == "bad").then_some(ErrorCode::InvalidArgument)
+    }));
+    let client = fake.start().await;
+    let mut records = keyed_records(1100, 3);
+    records[550].0 = "bad".into();
+    let error = put_all(&client, STREAM, records, &fast_options())
+        .await
+        .expect_err("record 550 is refused");
+
+    assert_eq!(error.total, 1100);
+    assert_eq!(
+        error.acknowledged, 999,
+        "batch 1 and the rest of record 550's batch"
+    );
+    assert_eq!(error.source.code(), Some(ErrorCode::InvalidArgument));
+    assert!(
+        error.source.to_string().contains("record 550"),
+        "{}",
+        error.source
+    );
+    assert_eq!(
+        fake.state().put_request_sizes,
+        vec![500, 500],
+        "no later batch is sent"
+    );
+}
+
+#[tokio::test]
+async fn put_all_gives_up_when_the_retry_bound_runs_out() {
+    let fake = FakeTributary::new(2);
+    fake.state().entry_fault = Some(Box::new(|_, shard, _| {
+        (shard == 1).then_some(ErrorCode::ProvisionedThroughputExceeded)
+    }));
+    let client = fake.start().await;
+    let error = put_all(&client, STREAM, keyed_records(100, 10), &fast_options())
+        .await
+        .expect_err("shard 1 never accepts");
+
+    let logs = fake.logs();
+    assert_eq!(error.acknowledged, logs[0].len());
+    assert!(logs[1].is_empty());
+    assert_eq!(
+        error.source.code(),
+        Some(ErrorCode::ProvisionedThroughputExceeded)
+    );
+    assert!(error.source.is_retryable());
+    assert!(
+        error
+            .source
+            .to_string()
+            .contains("gave up after 5 attempts"),
+        "{}",
+        error.source
+    );
+    assert_eq!(fake.state().put_request_sizes.len(), 5);
+}
+
+#[tokio::test]
+async fn stream_reads_stop_at_the_tip_listed_when_the_read_started() {
+    let fake = FakeTributary::new(2);
+    let client = fake.start().await;
+    put_all(&client, STREAM, keyed_records(60, 12), &fast_options())
+        .await
+        .expect("write");
+    let logs = fake.logs();
+    assert!(
+        logs[0].len() > 5 && logs[1].len() > 5,
+        "keys spread over both shards"
+    );
+    {
+        // Records past these were "written after the read started".
+        let mut state = fake.state();
+        state.shards[0].listed_len = Some(4);
+        state.shards[1].listed_len = Some(5);
+        state.max_page = 3;
+    }
+    let records = read_stream_until_tip(&client, STREAM, &StartingPosition::TrimHorizon, None)
+        .await
+        .expect("read");
+
+    let shard_0 = fake.log_records(0);
+    let shard_1 = fake.log_records(1);
+    let expected: Vec<(&str, &Record)> = shard_0[..4]
+        .iter()
+        .map(|r| ("shardId-000000000000", r))
+        .chain(shard_1[..5].iter().map(|r| ("shardId-000000000001", r)))
+        .collect();
+    let got: Vec<(&str, &Record)> = records
+        .iter()
+        .map(|r| (r.shard_id.as_str(), &r.record))
+        .collect();
+    assert_eq!(
+        got, expected,
+        "shard-list order, each shard up to its listed tip"
+    );
+}
+
+#[tokio::test]
+async fn reads_honour_positions_limits_and_empty_shards() {
+    let fake = FakeTributary::new(2);
+    let client = fake.start().await;
+    // Explicit hash key 0 sends everything to shard 0; shard 1 stays empty.
+    let records: Vec<_> = (0..20)
+        .map(|i| ("k".to_owned(), i.to_string(), Some("0".to_owned())))
+        .collect();
+    put_all(&client, STREAM, records, &fast_options())
+        .await
+        .expect("write");
+    fake.state().max_page = 6;
+    let log = fake.log_records(0);
+
+    let all = read_stream_until_tip(&client, STREAM, &StartingPosition::TrimHorizon, Some(13))
+        .await
+        .expect("read");
+    assert_eq!(all.len(), 13, "the limit caps the total");
+
+    let after = StartingPosition::AfterSequence(log[16].sequence_number.clone());
+    let tail = read_shard_until_tip(&client, STREAM, "shardId-000000000000", &after, None)
+        .await
+        .expect("read");
+    assert_eq!(tail, log[17..].to_vec());
+
+    let latest = read_shard_until_tip(
+        &client,
+        STREAM,
+        "shardId-000000000000",
+        &StartingPosition::Latest,
+        None,
+    )
+    .await
+    .expect("read");
+    assert!(latest.is_empty());
+
+    let empty = read_shard_until_tip(
+        &client,
+        STREAM,
+        "shardId-000000000001",
+        &StartingPosition::TrimHorizon,
+        None,
+    )
+    .await
+    .expect("read");
+    assert!(empty.is_empty());
+
+    let error = read_shard_until_tip(
+        &client,
+        STREAM,
+        "shardId-000000000009",
+        &StartingPosition::TrimHorizon,
+        None,
+    )
+    .await
+    .expect_err("no such shard");
+    assert_eq!(error.code(), Some(ErrorCode::ResourceNotFound));
+}
+
+#[tokio::test]
+async fn an_expired_iterator_is_reopened_after_the_last_record() {
+    let fake = FakeTributary::new(1);
+    let client = fake.start().await;
+    put_all(&client, STREAM, keyed_records(25, 3), &fast_options())
+        .await
+        .expect("write");
+    {
+        let mut state = fake.state();
+        state.max_page = 7;
+        state.expire_get_records_calls = vec![2, 4];
+    }
+    let records = read_shard_until_tip(
+        &client,
+        STREAM,
+        "shardId-000000000000",
+        &StartingPosition::TrimHorizon,
+        None,
+    )
+    .await
+    .expect("read");
+    assert_eq!(records, fake.log_records(0), "no gaps, no duplicates");
+}
+
+#[tokio::test]
+async fn follow_hands_over_new_records_and_ends_on_a_closed_shard() {
+    let fake = FakeTributary::new(2);
+    let client = fake.start().await;
+    let writer = {
+        let client = client.clone();
+        async move {
+            for round in 0..4 {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                let records: Vec<_> = (0..5)
+                    .map(|i| (format!("k{i}"), format!("{round}-{i}"), None))
+                    .collect();
+                put_all(&client, STREAM, records, &fast_options())
+                    .await
+                    .expect("write");
+            }
+        }
+    };
+    let mut seen = Vec::new();
+    let reader = follow(
+        &client,
+        STREAM,
+        None,
+        &StartingPosition::Latest,
+        None,
+        |shard_id, record| {
+            seen.push((shard_id.to_owned(), record));
+            if seen.len() == 20 {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        },
+    );
+    let (followed, ()) = tokio::time::timeout(Duration::from_secs(20), async {
+        tokio::join!(reader, writer)
+    })
+    .await
+    .expect("follow sees all 20 records in time");
+    assert_eq!(followed.expect("follow"), 20);
+    assert_eq!(seen.len(), 20);
+
+    // A closed, fully read shard ends a follow on its own.
+    fake.state().shards[0].meta.set_status(ShardStatus::Closed);
+    let mut count = 0;
+    let read = tokio::time::timeout(
+        Duration::from_secs(20),
+        follow(
+            &client,
+            STREAM,
+            Some("shardId-000000000000"),
+            &StartingPosition::TrimHorizon,
+            None,
+            |_, _| {
+                count += 1;
+                ControlFlow::Continue(())
+            },
+        ),
+    )
+    .await
+    .expect("the follow ends");
+    assert_eq!(read.expect("follow"), fake.log_records(0).len());
+    assert_eq!(count, fake.log_records(0).len());
+}
+
+#[tokio::test]
+async fn server_errors_are_typed_and_waits_are_bounded() {
+    let fake = FakeTributary::new(1);
+    let client = fake.start().await;
+
+    let error = client
+        .list_shards("nope")
+        .await
+        .expect_err("unknown stream");
+    assert_eq!(error.code(), Some(ErrorCode::ResourceNotFound));
+    assert_eq!(
+        error.to_string(),
+        "ResourceNotFound: stream 'nope' not found"
+    );
+    assert!(!error.is_retryable());
+
+    fake.state().creating_describes = 3;
+    let description = client
+        .wait_for_active(STREAM, Duration::from_secs(10))
+        .await
+        .expect("ACTIVE after a few polls");
+    assert_eq!(
+        description.summary.map(|s| s.status()),
+        Some(StreamStatus::Active)
+    );
+
+    fake.state().creating_describes = 1000;
+    let error = client
+        .wait_for_active(STREAM, Duration::from_millis(500))
+        .await
+        .expect_err("never ACTIVE");
+    assert!(
+        matches!(error, tributary_client::Error::Timeout(_)),
+        "{error}"
+    );
+    assert!(error.to_string().contains("CREATING"), "{error}");
+}

@@ -1,0 +1,18 @@
+//! Generates the gRPC types from `proto/` with protox (a pure-Rust protobuf compiler),
+//! so building never needs a system `protoc`.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../proto");
+    let files = ["common", "stream", "data", "cluster"]
+        .map(|name| root.join(format!("tributary/v1/{name}.proto")));
+    let descriptors = protox::compile(&files, [&root])?;
+    tonic_prost_build::configure()
+        .build_server(true)
+        .build_client(true)
+        .bytes(".")
+        .compile_fds(descriptors)?;
+    for file in &files {
+        println!("cargo:rerun-if-changed={}", file.display());
+    }
+    Ok(())
+}

@@ -1,0 +1,112 @@
+//! Errors that cross the wire. Each carries a stable code (the Kinesis-equivalent name,
+//! also `tributary.v1.ErrorCode`) and a message that says what was wrong and what is allowed.
+
+use tributary_proto::v1::ErrorCode;
+use tributary_proto::ERROR_CODE_METADATA;
+
+/// An error returned to an API caller.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{}: {message}", code_name(*code))]
+pub struct ApiError {
+    /// The stable code.
+    pub code: ErrorCode,
+    /// Human-readable detail naming the limit or the missing resource.
+    pub message: String,
+}
+
+/// The stable, Kinesis-style name of a code; these strings are part of the public API.
+pub fn code_name(code: ErrorCode) -> &'static str {
+    match code {
+        ErrorCode::Unspecified => "Unspecified",
+        ErrorCode::InvalidArgument => "InvalidArgument",
+        ErrorCode::ResourceNotFound => "ResourceNotFound",
+        ErrorCode::ResourceInUse => "ResourceInUse",
+        ErrorCode::LimitExceeded => "LimitExceeded",
+        ErrorCode::ProvisionedThroughputExceeded => "ProvisionedThroughputExceeded",
+        ErrorCode::ExpiredIterator => "ExpiredIterator",
+        ErrorCode::InternalFailure => "InternalFailure",
+        ErrorCode::Unavailable => "Unavailable",
+        ErrorCode::DataCorruption => "DataCorruption",
+    }
+}
+
+impl ApiError {
+    fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+    /// Malformed input or a broken limit.
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::InvalidArgument, message)
+    }
+    /// A stream or shard that does not exist.
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::ResourceNotFound, message)
+    }
+    /// A resource in a state that forbids the call.
+    pub fn in_use(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::ResourceInUse, message)
+    }
+    /// A cluster-wide limit reached.
+    pub fn limit(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::LimitExceeded, message)
+    }
+    /// An iterator past its lifetime.
+    pub fn expired(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::ExpiredIterator, message)
+    }
+    /// No leader right now; the caller should retry.
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::Unavailable, message)
+    }
+    /// An unexpected failure; the outcome is unknown.
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::InternalFailure, message)
+    }
+    /// Stored data failed its checksum.
+    pub fn corruption(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::DataCorruption, message)
+    }
+}
+
+impl From<ApiError> for tonic::Status {
+    fn from(err: ApiError) -> Self {
+        let grpc = match err.code {
+            ErrorCode::InvalidArgument => tonic::Code::InvalidArgument,
+            ErrorCode::ResourceNotFound => tonic::Code::NotFound,
+            ErrorCode::ResourceInUse => tonic::Code::FailedPrecondition,
+            ErrorCode::LimitExceeded => tonic::Code::ResourceExhausted,
+            ErrorCode::ProvisionedThroughputExceeded => tonic::Code::ResourceExhausted,
+            ErrorCode::ExpiredIterator => tonic::Code::FailedPrecondition,
+            ErrorCode::Unavailable => tonic::Code::Unavailable,
+            ErrorCode::DataCorruption => tonic::Code::DataLoss,
+            ErrorCode::InternalFailure | ErrorCode::Unspecified => tonic::Code::Internal,
+        };
+        let mut status = tonic::Status::new(grpc, err.message);
+        status.metadata_mut().insert(
+            ERROR_CODE_METADATA,
+            tonic::metadata::MetadataValue::from_static(code_name(err.code)),
+        );
+        status
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_carries_the_stable_code_name() {
+        let status: tonic::Status =
+            ApiError::invalid("partition key is 300 characters; the limit is 256").into();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        let name = status
+            .metadata()
+            .get(ERROR_CODE_METADATA)
+            .and_then(|v| v.to_str().ok());
+        assert_eq!(name, Some("InvalidArgument"));
+        assert!(status.message().contains("the limit is 256"));
+    }
+}

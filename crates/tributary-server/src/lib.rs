@@ -1,0 +1,18 @@
+//! A Tributary node: a Raft-replicated, sharded, ordered append-only log with Kinesis
+//! semantics. The binary `tributary` (see `main.rs`) wraps [`server::serve`].
+
+#![warn(missing_docs)]
+
+pub mod clock;
+pub mod config;
+pub mod error;
+pub mod iterator;
+pub mod metadata;
+pub mod node;
+pub mod raft;
+pub mod reader;
+pub mod routing;
+pub mod sequence;
+pub mod server;
+pub mod service;
+pub mod validation;

@@ -1,0 +1,262 @@
+//! Raft entry <-> log batch. The batch payload is the one place record bytes are written;
+//! decoding slices record data out of the read buffer without copying.
+//!
+//! Payload layout (little-endian), after the log engine's frame header:
+//! ```text
+//! entry_format u8 (=1) | term u64 | leader_node u64 | kind u8 | body
+//! kind 0 blank:      (empty)
+//! kind 1 membership: JSON of openraft::Membership
+//! kind 2 append:     arrival_ms i64 | count u32 | count x (key_len u16 | key | data_len u32 | data)
+//! kind 3 metadata:   JSON of MetadataCommand
+//! ```
+//! `entry_format` lets a later release read entries written by this one (rolling upgrades).
+
+use std::io;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use openraft::entry::RaftEntry;
+use openraft::EntryPayload;
+
+use super::{Command, Entry, LogId, RecordBatch, StoredRecord};
+
+const ENTRY_FORMAT: u8 = 1;
+const KIND_BLANK: u8 = 0;
+const KIND_MEMBERSHIP: u8 = 1;
+const KIND_APPEND: u8 = 2;
+const KIND_METADATA: u8 = 3;
+
+fn invalid(detail: impl Into<String>) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, detail.into())
+}
+
+fn now_ms() -> i64 {
+    crate::clock::now_ms()
+}
+
+/// Encodes an entry as a log batch.
+pub fn encode(entry: &Entry) -> io::Result<tributary_log::Batch> {
+    let log_id = entry.log_id();
+    let mut buf = BytesMut::with_capacity(64);
+    buf.put_u8(ENTRY_FORMAT);
+    buf.put_u64_le(log_id.leader_id.term);
+    buf.put_u64_le(log_id.leader_id.node_id);
+    let (timestamp_ms, record_count) = match &entry.payload {
+        EntryPayload::Blank => {
+            buf.put_u8(KIND_BLANK);
+            (now_ms(), 0)
+        }
+        EntryPayload::Membership(membership) => {
+            buf.put_u8(KIND_MEMBERSHIP);
+            let json = serde_json::to_vec(membership).map_err(|e| invalid(e.to_string()))?;
+            buf.put_slice(&json);
+            (now_ms(), 0)
+        }
+        EntryPayload::Normal(Command::Append(batch)) => {
+            buf.put_u8(KIND_APPEND);
+            let size: usize = batch
+                .records
+                .iter()
+                .map(|r| 6 + r.partition_key.len() + r.data.len())
+                .sum();
+            buf.reserve(12 + size);
+            buf.put_i64_le(batch.arrival_ms);
+            buf.put_u32_le(batch.records.len() as u32);
+            for record in &batch.records {
+                let key_len = u16::try_from(record.partition_key.len())
+                    .map_err(|_| invalid("partition key longer than 65535 bytes"))?;
+                let data_len = u32::try_from(record.data.len())
+                    .map_err(|_| invalid("record larger than 4 GiB"))?;
+                buf.put_u16_le(key_len);
+                buf.put_slice(record.partition_key.as_bytes());
+                buf.put_u32_le(data_len);
+                buf.put_slice(&record.data);
+            }
+            (batch.arrival_ms, batch.records.len() as u32)
+        }
+        EntryPayload::Normal(Command::Metadata(command)) => {
+            buf.put_u8(KIND_METADATA);
+            let json = serde_json::to_vec(command).map_err(|e| invalid(e.to_string()))?;
+            buf.put_slice(&json);
+            (now_ms(), 0)
+        }
+    };
+    Ok(tributary_log::Batch {
+        index: log_id.index,
+        timestamp_ms,
+        record_count,
+        payload: buf.freeze(),
+    })
+}
+
+/// Decodes a log batch into an entry.
+pub fn decode(batch: &tributary_log::Batch) -> io::Result<Entry> {
+    let mut payload = batch.payload.clone();
+    if payload.remaining() < 18 {
+        return Err(invalid(format!(
+            "entry {} payload is {} bytes; too short",
+            batch.index,
+            payload.len()
+        )));
+    }
+    let format = payload.get_u8();
+    if format != ENTRY_FORMAT {
+        return Err(invalid(format!(
+            "entry {} has entry format {format}; this release reads format {ENTRY_FORMAT}",
+            batch.index
+        )));
+    }
+    let term = payload.get_u64_le();
+    let node_id = payload.get_u64_le();
+    let kind = payload.get_u8();
+    let log_id = LogId::new(
+        openraft::vote::leader_id_adv::LeaderId { term, node_id },
+        batch.index,
+    );
+    let payload = match kind {
+        KIND_BLANK => EntryPayload::Blank,
+        KIND_MEMBERSHIP => EntryPayload::Membership(
+            serde_json::from_slice(&payload).map_err(|e| invalid(e.to_string()))?,
+        ),
+        KIND_APPEND => EntryPayload::Normal(Command::Append(decode_records(payload, batch.index)?)),
+        KIND_METADATA => EntryPayload::Normal(Command::Metadata(
+            serde_json::from_slice(&payload).map_err(|e| invalid(e.to_string()))?,
+        )),
+        other => {
+            return Err(invalid(format!(
+                "entry {} has unknown kind {other}",
+                batch.index
+            )))
+        }
+    };
+    Ok(Entry { log_id, payload })
+}
+
+/// Decodes only the records of an append entry (None for other kinds); used by readers.
+pub fn decode_record_batch(batch: &tributary_log::Batch) -> io::Result<Option<RecordBatch>> {
+    let mut payload = batch.payload.clone();
+    if payload.remaining() < 18 {
+        return Err(invalid(format!(
+            "entry {} payload is too short",
+            batch.index
+        )));
+    }
+    payload.advance(17);
+    if payload.get_u8() != KIND_APPEND {
+        return Ok(None);
+    }
+    decode_records(payload, batch.index).map(Some)
+}
+
+fn decode_records(mut body: Bytes, index: u64) -> io::Result<RecordBatch> {
+    let short = || invalid(format!("entry {index}: record batch is truncated"));
+    if body.remaining() < 12 {
+        return Err(short());
+    }
+    let arrival_ms = body.get_i64_le();
+    let count = body.get_u32_le() as usize;
+    let mut records = Vec::with_capacity(count.min(body.remaining() / 6 + 1));
+    for _ in 0..count {
+        if body.remaining() < 2 {
+            return Err(short());
+        }
+        let key_len = body.get_u16_le() as usize;
+        if body.remaining() < key_len + 4 {
+            return Err(short());
+        }
+        let key = body.split_to(key_len);
+        let partition_key = String::from_utf8(key.to_vec())
+            .map_err(|_| invalid(format!("entry {index}: partition key is not UTF-8")))?;
+        let data_len = body.get_u32_le() as usize;
+        if body.remaining() < data_len {
+            return Err(short());
+        }
+        let data = body.split_to(data_len);
+        records.push(StoredRecord {
+            partition_key,
+            data,
+        });
+    }
+    Ok(RecordBatch {
+        arrival_ms,
+        records,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn entry(index: u64, payload: EntryPayload<Command, u64, openraft::BasicNode>) -> Entry {
+        Entry {
+            log_id: LogId::new(
+                openraft::vote::leader_id_adv::LeaderId {
+                    term: 3,
+                    node_id: 1,
+                },
+                index,
+            ),
+            payload,
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn append_entries_round_trip(
+            index in 1u64..u64::MAX,
+            arrival_ms in any::<i64>(),
+            records in proptest::collection::vec(("[a-z0-9]{1,20}", proptest::collection::vec(any::<u8>(), 0..200)), 0..20),
+        ) {
+            let batch = RecordBatch {
+                arrival_ms,
+                records: records.into_iter().map(|(k, d)| StoredRecord { partition_key: k, data: Bytes::from(d) }).collect(),
+            };
+            let original = entry(index, EntryPayload::Normal(Command::Append(batch.clone())));
+            let encoded = encode(&original).expect("encode");
+            prop_assert_eq!(encoded.index, index);
+            prop_assert_eq!(encoded.record_count as usize, batch.records.len());
+            let decoded = decode(&encoded).expect("decode");
+            prop_assert_eq!(decoded.log_id, original.log_id);
+            match decoded.payload {
+                EntryPayload::Normal(Command::Append(got)) => prop_assert_eq!(got, batch.clone()),
+                other => prop_assert!(false, "wrong payload {:?}", other),
+            }
+            prop_assert_eq!(decode_record_batch(&encoded).expect("records"), Some(batch));
+        }
+    }
+
+    #[test]
+    fn blank_and_membership_round_trip() {
+        let blank = encode(&entry(5, EntryPayload::Blank)).expect("encode");
+        assert!(matches!(
+            decode(&blank).expect("decode").payload,
+            EntryPayload::Blank
+        ));
+        assert_eq!(decode_record_batch(&blank).expect("decode"), None);
+        let mut nodes = std::collections::BTreeMap::new();
+        nodes.insert(1u64, openraft::BasicNode::new("127.0.0.1:7101"));
+        let membership = openraft::Membership::new(vec![[1u64].into_iter().collect()], nodes)
+            .expect("valid membership");
+        let encoded =
+            encode(&entry(6, EntryPayload::Membership(membership.clone()))).expect("encode");
+        match decode(&encoded).expect("decode").payload {
+            EntryPayload::Membership(got) => assert_eq!(got, membership),
+            other => panic!("wrong payload {other:?}"),
+        }
+    }
+
+    #[test]
+    fn truncated_payload_is_an_error() {
+        let batch = RecordBatch {
+            arrival_ms: 1,
+            records: vec![StoredRecord {
+                partition_key: "k".into(),
+                data: Bytes::from_static(b"hello"),
+            }],
+        };
+        let mut encoded =
+            encode(&entry(1, EntryPayload::Normal(Command::Append(batch)))).expect("encode");
+        encoded.payload = encoded.payload.slice(..encoded.payload.len() - 1);
+        assert!(decode(&encoded).is_err());
+    }
+}

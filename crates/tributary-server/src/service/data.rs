@@ -1,0 +1,354 @@
+//! DataService: PutRecord(s), GetShardIterator, GetRecords.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use futures::future::join_all;
+use tonic::{Request, Response, Status};
+use tributary_proto::v1 as pb;
+use tributary_proto::v1::data_service_server::DataService;
+
+use super::{stream_snapshot, timestamp};
+use crate::error::ApiError;
+use crate::iterator::IteratorPosition;
+use crate::metadata::{parse_shard_id, StreamMeta, StreamStatus};
+use crate::node::{Node, ShardGroup};
+use crate::raft::{RecordBatch, StoredRecord};
+use crate::reader;
+use crate::routing;
+use crate::sequence::SequenceNumber;
+use crate::validation::{
+    self, GET_RECORDS_MAX_BYTES, PUT_RECORDS_MAX_BYTES, PUT_RECORDS_MAX_ENTRIES,
+};
+
+/// How far in the future an AT_TIMESTAMP may be before it is rejected (clock skew).
+const FUTURE_TIMESTAMP_SLACK_MS: i64 = 5_000;
+
+/// The data-plane service.
+pub struct DataApi {
+    node: Arc<Node>,
+}
+
+/// A validated entry ready to route.
+struct Routed {
+    position: usize,
+    shard_index: u32,
+    record: StoredRecord,
+}
+
+impl DataApi {
+    /// A service over a node.
+    pub fn new(node: Arc<Node>) -> Self {
+        Self { node }
+    }
+
+    fn writable_stream(&self, name: &str) -> Result<StreamMeta, ApiError> {
+        let stream = stream_snapshot(&self.node, name)?;
+        if stream.status != StreamStatus::Active {
+            return Err(ApiError::in_use(format!(
+                "stream {name} is not ACTIVE yet; retry once it is"
+            )));
+        }
+        Ok(stream)
+    }
+
+    fn shard_group(
+        &self,
+        stream: &StreamMeta,
+        shard_index: u32,
+    ) -> Result<Arc<ShardGroup>, ApiError> {
+        let shard = stream.shard(shard_index).ok_or_else(|| {
+            ApiError::not_found(format!(
+                "shard {} does not exist in stream {}",
+                crate::metadata::shard_id(shard_index),
+                stream.name
+            ))
+        })?;
+        self.node
+            .shard_group_or_error(shard.group_id, &shard.shard_id())
+    }
+
+    /// Validates every entry before anything is written: a bad entry rejects the whole call
+    /// and changes nothing.
+    fn route(
+        stream: &StreamMeta,
+        entries: Vec<pb::PutRecordsEntry>,
+    ) -> Result<Vec<Routed>, ApiError> {
+        let mut routed = Vec::with_capacity(entries.len());
+        for (position, entry) in entries.into_iter().enumerate() {
+            let context = |err: ApiError| ApiError {
+                message: format!("record {position}: {}", err.message),
+                ..err
+            };
+            validation::partition_key(&entry.partition_key).map_err(context)?;
+            validation::record_data(entry.data.len(), stream.max_record_bytes).map_err(context)?;
+            let hash = match &entry.explicit_hash_key {
+                Some(text) => validation::explicit_hash_key(text).map_err(context)?,
+                None => routing::hash_key(&entry.partition_key),
+            };
+            let shard = stream.shard_for_hash(hash).ok_or_else(|| {
+                ApiError::internal(format!("no open shard covers hash key {hash}"))
+            })?;
+            routed.push(Routed {
+                position,
+                shard_index: shard.shard_index,
+                record: StoredRecord {
+                    partition_key: entry.partition_key,
+                    data: entry.data,
+                },
+            });
+        }
+        Ok(routed)
+    }
+
+    /// Appends one batch per shard, concurrently; per-shard failures become per-entry errors.
+    async fn put(
+        &self,
+        stream: &StreamMeta,
+        routed: Vec<Routed>,
+    ) -> Vec<pb::PutRecordsResultEntry> {
+        let count = routed.len();
+        let mut by_shard: BTreeMap<u32, Vec<Routed>> = BTreeMap::new();
+        for entry in routed {
+            by_shard.entry(entry.shard_index).or_default().push(entry);
+        }
+        let arrival_ms = self.node.now_ms();
+        let appends = by_shard
+            .into_iter()
+            .map(|(shard_index, entries)| async move {
+                let positions: Vec<usize> = entries.iter().map(|e| e.position).collect();
+                let batch = RecordBatch {
+                    arrival_ms,
+                    records: entries.into_iter().map(|e| e.record).collect(),
+                };
+                let result = match self.shard_group(stream, shard_index) {
+                    Ok(group) => self.node.append(&group, batch).await,
+                    Err(err) => Err(err),
+                };
+                (shard_index, positions, result)
+            });
+        let mut results = vec![pb::PutRecordsResultEntry::default(); count];
+        for (shard_index, positions, result) in join_all(appends).await {
+            for (slot, position) in positions.into_iter().enumerate() {
+                results[position] = match &result {
+                    Ok(log_index) => pb::PutRecordsResultEntry {
+                        shard_id: crate::metadata::shard_id(shard_index),
+                        sequence_number: SequenceNumber {
+                            shard_index,
+                            log_index: *log_index,
+                            slot: slot as u16,
+                        }
+                        .to_string(),
+                        error_code: pb::ErrorCode::Unspecified as i32,
+                        error_message: String::new(),
+                    },
+                    Err(err) => pb::PutRecordsResultEntry {
+                        shard_id: String::new(),
+                        sequence_number: String::new(),
+                        error_code: err.code as i32,
+                        error_message: err.message.clone(),
+                    },
+                };
+            }
+        }
+        results
+    }
+}
+
+#[tonic::async_trait]
+impl DataService for DataApi {
+    async fn put_record(
+        &self,
+        request: Request<pb::PutRecordRequest>,
+    ) -> Result<Response<pb::PutRecordResponse>, Status> {
+        let request = request.into_inner();
+        let stream = self.writable_stream(&request.stream_name)?;
+        let entry = pb::PutRecordsEntry {
+            partition_key: request.partition_key,
+            data: request.data,
+            explicit_hash_key: request.explicit_hash_key,
+        };
+        let routed = Self::route(&stream, vec![entry]).map_err(|e| ApiError {
+            message: e.message.trim_start_matches("record 0: ").to_string(),
+            ..e
+        })?;
+        let result = self
+            .put(&stream, routed)
+            .await
+            .into_iter()
+            .next()
+            .ok_or_else(|| ApiError::internal("no result"))?;
+        if result.error_code != pb::ErrorCode::Unspecified as i32 {
+            return Err(ApiError {
+                code: pb::ErrorCode::try_from(result.error_code)
+                    .unwrap_or(pb::ErrorCode::InternalFailure),
+                message: result.error_message,
+            }
+            .into());
+        }
+        Ok(Response::new(pb::PutRecordResponse {
+            shard_id: result.shard_id,
+            sequence_number: result.sequence_number,
+        }))
+    }
+
+    async fn put_records(
+        &self,
+        request: Request<pb::PutRecordsRequest>,
+    ) -> Result<Response<pb::PutRecordsResponse>, Status> {
+        let request = request.into_inner();
+        let stream = self.writable_stream(&request.stream_name)?;
+        if request.records.is_empty() {
+            return Err(ApiError::invalid("PutRecords has no records; send 1 to 500").into());
+        }
+        if request.records.len() > PUT_RECORDS_MAX_ENTRIES {
+            return Err(ApiError::invalid(format!(
+                "PutRecords has {} records; the limit is {PUT_RECORDS_MAX_ENTRIES}",
+                request.records.len()
+            ))
+            .into());
+        }
+        let total: usize = request
+            .records
+            .iter()
+            .map(|r| r.data.len() + r.partition_key.len())
+            .sum();
+        if total > PUT_RECORDS_MAX_BYTES {
+            return Err(ApiError::invalid(format!(
+                "PutRecords carries {total} bytes of data and partition keys; the limit is {PUT_RECORDS_MAX_BYTES} bytes (5 MiB)"
+            ))
+            .into());
+        }
+        let routed = Self::route(&stream, request.records)?;
+        let records = self.put(&stream, routed).await;
+        let failed = records
+            .iter()
+            .filter(|r| r.error_code != pb::ErrorCode::Unspecified as i32)
+            .count() as u32;
+        Ok(Response::new(pb::PutRecordsResponse {
+            failed_record_count: failed,
+            records,
+        }))
+    }
+
+    async fn get_shard_iterator(
+        &self,
+        request: Request<pb::GetShardIteratorRequest>,
+    ) -> Result<Response<pb::GetShardIteratorResponse>, Status> {
+        let request = request.into_inner();
+        let stream = stream_snapshot(&self.node, &request.stream_name)?;
+        let shard_index = parse_shard_id(&request.shard_id)?;
+        let group = self.shard_group(&stream, shard_index)?;
+        let kind = pb::ShardIteratorType::try_from(request.shard_iterator_type)
+            .unwrap_or(pb::ShardIteratorType::Unspecified);
+        let sequence = |kind: &str| -> Result<SequenceNumber, ApiError> {
+            let text = request.starting_sequence_number.as_deref().ok_or_else(|| {
+                ApiError::invalid(format!("{kind} needs starting_sequence_number"))
+            })?;
+            let seq = SequenceNumber::parse(text)?;
+            if seq.shard_index != shard_index {
+                return Err(ApiError::invalid(format!(
+                    "sequence number {text} belongs to {}, not {}",
+                    crate::metadata::shard_id(seq.shard_index),
+                    request.shard_id
+                )));
+            }
+            Ok(seq)
+        };
+        let (log_index, slot) = match kind {
+            pb::ShardIteratorType::TrimHorizon => reader::trim_horizon(&group),
+            pb::ShardIteratorType::Latest => reader::latest(&group),
+            pb::ShardIteratorType::AtSequenceNumber => {
+                let seq = sequence("AT_SEQUENCE_NUMBER")?;
+                (seq.log_index, seq.slot)
+            }
+            pb::ShardIteratorType::AfterSequenceNumber => {
+                let seq = sequence("AFTER_SEQUENCE_NUMBER")?;
+                match seq.slot.checked_add(1) {
+                    Some(slot) => (seq.log_index, slot),
+                    None => (seq.log_index + 1, 0),
+                }
+            }
+            pb::ShardIteratorType::AtTimestamp => {
+                let ts = request
+                    .timestamp
+                    .ok_or_else(|| ApiError::invalid("AT_TIMESTAMP needs a timestamp"))?;
+                let ts_ms = ts.seconds.saturating_mul(1000).saturating_add(i64::from(ts.nanos) / 1_000_000);
+                if ts_ms > self.node.now_ms() + FUTURE_TIMESTAMP_SLACK_MS {
+                    return Err(ApiError::invalid("AT_TIMESTAMP is in the future; use LATEST to read new records").into());
+                }
+                reader::at_timestamp(&group, ts_ms)
+            }
+            pb::ShardIteratorType::Unspecified => {
+                return Err(ApiError::invalid(
+                    "shard_iterator_type must be TRIM_HORIZON, LATEST, AT_SEQUENCE_NUMBER, AFTER_SEQUENCE_NUMBER or AT_TIMESTAMP",
+                )
+                .into())
+            }
+        };
+        let token = self.node.iterators()?.encode(&IteratorPosition {
+            stream_id: stream.stream_id,
+            shard_index,
+            log_index,
+            slot,
+            issued_at_ms: self.node.now_ms(),
+        });
+        Ok(Response::new(pb::GetShardIteratorResponse {
+            shard_iterator: token,
+        }))
+    }
+
+    async fn get_records(
+        &self,
+        request: Request<pb::GetRecordsRequest>,
+    ) -> Result<Response<pb::GetRecordsResponse>, Status> {
+        let request = request.into_inner();
+        let limit = validation::get_records_limit(request.limit)?;
+        let codec = self.node.iterators()?;
+        let now = self.node.now_ms();
+        let position = codec.decode(&request.shard_iterator, now)?;
+        let stream = self
+            .node
+            .metadata()
+            .stream_by_id(position.stream_id)
+            .cloned()
+            .ok_or_else(|| ApiError::not_found("the iterator's stream no longer exists"))?;
+        if let Some(name) = &request.stream_name {
+            if *name != stream.name {
+                return Err(ApiError::invalid(format!(
+                    "the shard iterator belongs to stream {}, not {name}",
+                    stream.name
+                ))
+                .into());
+            }
+        }
+        let group = self.shard_group(&stream, position.shard_index)?;
+        let page = reader::read(
+            &group,
+            (position.log_index, position.slot),
+            limit as usize,
+            GET_RECORDS_MAX_BYTES,
+        )?;
+        let next = codec.encode(&IteratorPosition {
+            log_index: page.next.0,
+            slot: page.next.1,
+            issued_at_ms: now,
+            ..position
+        });
+        let records = page
+            .records
+            .into_iter()
+            .map(|r| pb::Record {
+                sequence_number: r.sequence.to_string(),
+                approximate_arrival_timestamp: Some(timestamp(r.arrival_ms)),
+                data: r.data,
+                partition_key: r.partition_key,
+            })
+            .collect();
+        Ok(Response::new(pb::GetRecordsResponse {
+            records,
+            next_shard_iterator: Some(next),
+            millis_behind_latest: page.millis_behind_latest,
+        }))
+    }
+}

@@ -1,0 +1,203 @@
+//! Input limits shared by every API entry point. Each check returns an `ApiError` whose
+//! message names the value, the limit and what is allowed.
+
+use crate::error::ApiError;
+
+/// Stream names are `[a-zA-Z0-9_.-]{1,128}` (Kinesis rule).
+pub const STREAM_NAME_MAX: usize = 128;
+/// Partition keys are 1–256 Unicode characters.
+pub const PARTITION_KEY_MAX_CHARS: usize = 256;
+/// Default largest record data (1 MiB).
+pub const DEFAULT_MAX_RECORD_BYTES: u32 = 1024 * 1024;
+/// Largest record data a stream may be configured for (10 MiB).
+pub const MAX_RECORD_BYTES_LIMIT: u32 = 10 * 1024 * 1024;
+/// PutRecords entries per call.
+pub const PUT_RECORDS_MAX_ENTRIES: usize = 500;
+/// PutRecords payload (data + partition keys) per call.
+pub const PUT_RECORDS_MAX_BYTES: usize = 5 * 1024 * 1024;
+/// GetRecords returns at most this many records.
+pub const GET_RECORDS_MAX_LIMIT: u32 = 10_000;
+/// GetRecords returns at most this many bytes of record data.
+pub const GET_RECORDS_MAX_BYTES: usize = 10 * 1024 * 1024;
+/// Default retention: 24 hours.
+pub const DEFAULT_RETENTION_HOURS: u32 = 24;
+/// Longest retention: 365 days.
+pub const MAX_RETENTION_HOURS: u32 = 365 * 24;
+
+/// Checks a stream name.
+pub fn stream_name(name: &str) -> Result<(), ApiError> {
+    if name.is_empty() {
+        return Err(ApiError::invalid(
+            "stream name is empty; it must be 1-128 characters of [a-zA-Z0-9_.-]",
+        ));
+    }
+    if name.len() > STREAM_NAME_MAX {
+        return Err(ApiError::invalid(format!(
+            "stream name is {} characters; the limit is {STREAM_NAME_MAX} characters of [a-zA-Z0-9_.-]",
+            name.chars().count()
+        )));
+    }
+    if let Some(bad) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')))
+    {
+        return Err(ApiError::invalid(format!(
+            "stream name {name:?} contains {bad:?}; only [a-zA-Z0-9_.-] is allowed"
+        )));
+    }
+    Ok(())
+}
+
+/// Checks a partition key.
+pub fn partition_key(key: &str) -> Result<(), ApiError> {
+    let chars = key.chars().count();
+    if chars == 0 {
+        return Err(ApiError::invalid(
+            "partition key is empty; it must be 1-256 characters",
+        ));
+    }
+    if chars > PARTITION_KEY_MAX_CHARS {
+        return Err(ApiError::invalid(format!(
+            "partition key is {chars} characters; the limit is {PARTITION_KEY_MAX_CHARS}"
+        )));
+    }
+    Ok(())
+}
+
+/// Parses an explicit hash key: a decimal integer in [0, 2^128 - 1].
+pub fn explicit_hash_key(text: &str) -> Result<u128, ApiError> {
+    if text.is_empty() || text.len() > 39 || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(ApiError::invalid(format!(
+            "explicit hash key {text:?} is not a decimal integer between 0 and 2^128-1"
+        )));
+    }
+    text.parse::<u128>().map_err(|_| {
+        ApiError::invalid(format!(
+            "explicit hash key {text} is above the largest hash key 2^128-1"
+        ))
+    })
+}
+
+/// Checks record data against the stream's limit.
+pub fn record_data(len: usize, max: u32) -> Result<(), ApiError> {
+    if len > max as usize {
+        return Err(ApiError::invalid(format!(
+            "record data is {len} bytes; this stream's limit is {max} bytes"
+        )));
+    }
+    Ok(())
+}
+
+/// Checks a shard count for a new stream.
+pub fn shard_count(count: u32, max: u32) -> Result<(), ApiError> {
+    if count == 0 {
+        return Err(ApiError::invalid(format!(
+            "shard count is 0; it must be between 1 and {max}"
+        )));
+    }
+    if count > max {
+        return Err(ApiError::limit(format!(
+            "shard count {count} is above this cluster's shard limit of {max}"
+        )));
+    }
+    Ok(())
+}
+
+/// Resolves a requested retention (0 = default) and checks it.
+pub fn retention_hours(hours: u32) -> Result<u32, ApiError> {
+    match hours {
+        0 => Ok(DEFAULT_RETENTION_HOURS),
+        h if h > MAX_RETENTION_HOURS => Err(ApiError::invalid(format!(
+            "retention is {h} hours; it must be between 1 and {MAX_RETENTION_HOURS} hours (365 days)"
+        ))),
+        h => Ok(h),
+    }
+}
+
+/// Resolves a requested record size limit (0 = default) and checks it.
+pub fn max_record_bytes(bytes: u32) -> Result<u32, ApiError> {
+    match bytes {
+        0 => Ok(DEFAULT_MAX_RECORD_BYTES),
+        b if b > MAX_RECORD_BYTES_LIMIT => Err(ApiError::invalid(format!(
+            "max record size is {b} bytes; it must be at most {MAX_RECORD_BYTES_LIMIT} bytes (10 MiB)"
+        ))),
+        b => Ok(b),
+    }
+}
+
+/// Resolves a GetRecords limit (0 = the maximum) and checks it.
+pub fn get_records_limit(limit: u32) -> Result<u32, ApiError> {
+    match limit {
+        0 => Ok(GET_RECORDS_MAX_LIMIT),
+        l if l > GET_RECORDS_MAX_LIMIT => Err(ApiError::invalid(format!(
+            "limit is {l}; GetRecords returns at most {GET_RECORDS_MAX_LIMIT} records"
+        ))),
+        l => Ok(l),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_names() {
+        for ok in ["a", "orders_v2.prod-1", &"x".repeat(128)] {
+            assert!(stream_name(ok).is_ok(), "{ok}");
+        }
+        for (bad, needle) in [
+            ("", "empty"),
+            ("a b", "' '"),
+            ("ü", "'ü'"),
+            (&"x".repeat(129), "limit is 128"),
+        ] {
+            let err = stream_name(bad).expect_err(bad).message;
+            assert!(err.contains(needle), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn partition_keys_count_characters_not_bytes() {
+        assert!(partition_key(&"é".repeat(256)).is_ok());
+        let err = partition_key(&"é".repeat(257))
+            .expect_err("too long")
+            .message;
+        assert_eq!(err, "partition key is 257 characters; the limit is 256");
+        assert!(partition_key("").is_err());
+    }
+
+    #[test]
+    fn explicit_hash_keys() {
+        assert_eq!(explicit_hash_key("0").ok(), Some(0));
+        assert_eq!(
+            explicit_hash_key(&u128::MAX.to_string()).ok(),
+            Some(u128::MAX)
+        );
+        for bad in [
+            "",
+            "-1",
+            "1e5",
+            "abc",
+            "340282366920938463463374607431768211456",
+            " 1",
+        ] {
+            assert!(explicit_hash_key(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn limits() {
+        assert!(shard_count(0, 10).is_err());
+        assert_eq!(
+            shard_count(11, 10).expect_err("over").code,
+            tributary_proto::v1::ErrorCode::LimitExceeded
+        );
+        assert_eq!(retention_hours(0).ok(), Some(24));
+        assert!(retention_hours(365 * 24 + 1).is_err());
+        assert_eq!(max_record_bytes(0).ok(), Some(1 << 20));
+        assert!(max_record_bytes(10 * 1024 * 1024 + 1).is_err());
+        assert!(get_records_limit(10_001).is_err());
+        assert!(record_data(1 << 20, 1 << 20).is_ok());
+        assert!(record_data((1 << 20) + 1, 1 << 20).is_err());
+    }
+}

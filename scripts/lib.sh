@@ -1,0 +1,47 @@
+# Shared by scripts/dev and scripts/test: make sure the toolchain and system packages the
+# build needs are present, installing them when we can (root) and otherwise printing the
+# exact command to run.
+
+need_cmd() {
+  command -v "$1" >/dev/null 2>&1
+}
+
+as_root() {
+  if [ "$(id -u)" = 0 ]; then "$@"; elif need_cmd sudo; then sudo "$@"; else return 1; fi
+}
+
+ensure_rust() {
+  if ! need_cmd cargo; then
+    echo "cargo is missing. Install Rust with:" >&2
+    echo "  curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y" >&2
+    exit 1
+  fi
+}
+
+# librocksdb-sys needs libclang (bindgen) and a C++ compiler.
+ensure_build_packages() {
+  local missing=()
+  if ! ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 && ! ls /usr/lib/*/libclang*.so* >/dev/null 2>&1; then
+    missing+=(libclang-dev)
+  fi
+  need_cmd g++ || missing+=(g++)
+  need_cmd make || missing+=(make)
+  if [ ${#missing[@]} -gt 0 ]; then
+    echo "installing build packages: ${missing[*]}" >&2
+    if ! (as_root apt-get update -qq && as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"); then
+      echo "could not install ${missing[*]}; run as root:" >&2
+      echo "  apt-get update && apt-get install -y ${missing[*]}" >&2
+      exit 1
+    fi
+  fi
+}
+
+ensure_nextest() {
+  if ! cargo nextest --version >/dev/null 2>&1; then
+    echo "installing cargo-nextest" >&2
+    cargo install --locked cargo-nextest >&2 || {
+      echo "could not install cargo-nextest; run: cargo install --locked cargo-nextest" >&2
+      exit 1
+    }
+  fi
+}

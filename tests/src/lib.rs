@@ -1,0 +1,306 @@
+//! Test harness: starts real `tributary` nodes as processes on loopback, with their own
+//! temp data dirs, and stops them by PID. Every wait is bounded.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tributary_proto::v1::data_service_client::DataServiceClient;
+use tributary_proto::v1::stream_service_client::StreamServiceClient;
+use tributary_proto::v1::{self as pb};
+
+/// Path of a workspace binary built by `cargo build --bins` (scripts/test does that first).
+pub fn binary(name: &str) -> PathBuf {
+    // Test executables live in target/<profile>/deps; binaries one level up.
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --bins` (scripts/test does) first",
+        path.display()
+    );
+    path
+}
+
+/// A free loopback port (bound then released; good enough on loopback in tests).
+pub fn free_addr() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    listener.local_addr().expect("local addr")
+}
+
+/// A `tributary serve` process.
+pub struct NodeProcess {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Its data dir (kept across restarts).
+    pub data_dir: PathBuf,
+    extra_args: Vec<String>,
+    child: Option<Child>,
+    log_path: PathBuf,
+}
+
+impl NodeProcess {
+    /// Starts a node in `data_dir` with extra flags, and waits until it serves.
+    pub async fn start(data_dir: &Path, extra_args: &[&str]) -> NodeProcess {
+        let mut node = NodeProcess {
+            addr: free_addr(),
+            data_dir: data_dir.to_path_buf(),
+            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            child: None,
+            log_path: data_dir.with_extension("log"),
+        };
+        node.spawn().await;
+        node
+    }
+
+    async fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)
+            .expect("open node log");
+        let child = Command::new(binary("tributary"))
+            .arg("serve")
+            .args(["--node-id", "1", "--az", "az-a"])
+            .arg("--listen")
+            .arg(self.addr.to_string())
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .args(&self.extra_args)
+            .env("RUST_LOG", "info,openraft=warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("dup log"))
+            .stderr(log)
+            .spawn()
+            .expect("start tributary");
+        self.child = Some(child);
+        self.wait_ready().await;
+    }
+
+    /// The node's endpoint URL.
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The node's log output so far (for assertion messages).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    async fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    panic!(
+                        "tributary exited with {status} before serving; log:\n{}",
+                        self.log()
+                    );
+                }
+            }
+            if let Ok(mut client) = StreamServiceClient::connect(self.endpoint()).await {
+                if client.list_streams(pb::ListStreamsRequest {}).await.is_ok() {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "tributary did not serve within 60 s; log:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// SIGKILL: no shutdown path runs, unsynced page-cache writes stay (a process crash).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill(); // SIGKILL by PID
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM and wait for exit (bounded).
+    pub fn terminate(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let pid = child.id() as libc::pid_t;
+            #[allow(unsafe_code)]
+            // SAFETY: sending a signal to our own child by PID.
+            unsafe {
+                libc::kill(pid, libc::SIGTERM);
+            }
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("tributary did not exit within 20 s of SIGTERM");
+        }
+    }
+
+    /// Starts the process again on the same data dir and port.
+    pub async fn restart(&mut self) {
+        self.kill();
+        self.spawn().await;
+    }
+
+    /// A control-plane client.
+    pub async fn streams(&self) -> StreamServiceClient<tonic::transport::Channel> {
+        StreamServiceClient::connect(self.endpoint())
+            .await
+            .expect("connect")
+    }
+
+    /// A data-plane client with message limits raised for big records.
+    pub async fn data(&self) -> DataServiceClient<tonic::transport::Channel> {
+        DataServiceClient::connect(self.endpoint())
+            .await
+            .expect("connect")
+            .max_decoding_message_size(64 << 20)
+            .max_encoding_message_size(64 << 20)
+    }
+
+    /// Creates a stream and waits until it is ACTIVE.
+    pub async fn create_stream(&self, name: &str, shards: u32) {
+        let mut client = self.streams().await;
+        client
+            .create_stream(pb::CreateStreamRequest {
+                stream_name: name.into(),
+                shard_count: shards,
+                ..Default::default()
+            })
+            .await
+            .expect("create stream");
+        self.wait_active(name).await;
+    }
+
+    /// Waits until a stream is ACTIVE (bounded).
+    pub async fn wait_active(&self, name: &str) {
+        let mut client = self.streams().await;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let status = client
+                .describe_stream(pb::DescribeStreamRequest {
+                    stream_name: name.into(),
+                })
+                .await
+                .ok()
+                .and_then(|r| r.into_inner().stream)
+                .and_then(|s| s.summary)
+                .map(|s| s.status);
+            if status == Some(pb::StreamStatus::Active as i32) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "stream {name} not ACTIVE within 30 s (status {status:?})"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Lists a stream's shards.
+    pub async fn shards(&self, name: &str) -> Vec<pb::Shard> {
+        self.streams()
+            .await
+            .list_shards(pb::ListShardsRequest {
+                stream_name: name.into(),
+            })
+            .await
+            .expect("list shards")
+            .into_inner()
+            .shards
+    }
+
+    /// Reads a shard from TRIM_HORIZON until a page comes back empty at the tip.
+    pub async fn read_shard(
+        &self,
+        stream: &str,
+        shard_id: &str,
+    ) -> Result<Vec<pb::Record>, tonic::Status> {
+        let mut data = self.data().await;
+        let mut iterator = data
+            .get_shard_iterator(pb::GetShardIteratorRequest {
+                stream_name: stream.into(),
+                shard_id: shard_id.into(),
+                shard_iterator_type: pb::ShardIteratorType::TrimHorizon as i32,
+                ..Default::default()
+            })
+            .await?
+            .into_inner()
+            .shard_iterator;
+        let mut records = Vec::new();
+        for _ in 0..100_000 {
+            let page = data
+                .get_records(pb::GetRecordsRequest {
+                    shard_iterator: iterator.clone(),
+                    limit: 0,
+                    stream_name: None,
+                })
+                .await?
+                .into_inner();
+            let empty = page.records.is_empty();
+            records.extend(page.records);
+            match page.next_shard_iterator {
+                Some(next) => iterator = next,
+                None => break,
+            }
+            if empty && page.millis_behind_latest == 0 {
+                break;
+            }
+        }
+        Ok(records)
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The stable error name a failed RPC carries.
+pub fn error_code(status: &tonic::Status) -> String {
+    status
+        .metadata()
+        .get(tributary_proto::ERROR_CODE_METADATA)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("<none>")
+        .to_string()
+}
+
+/// Every segment file under a node's data dir for shard groups (not the metadata group).
+pub fn shard_segment_files(data_dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    let Ok(groups) = std::fs::read_dir(data_dir.join("groups")) else {
+        return files;
+    };
+    for group in groups.flatten() {
+        if group
+            .file_name()
+            .to_string_lossy()
+            .trim_start_matches('0')
+            .is_empty()
+        {
+            continue; // group 0 is the metadata group
+        }
+        if let Ok(entries) = std::fs::read_dir(group.path()) {
+            for entry in entries.flatten() {
+                if entry.path().extension().is_some_and(|e| e == "seg") {
+                    files.push(entry.path());
+                }
+            }
+        }
+    }
+    files.sort();
+    files
+}

@@ -1,0 +1,204 @@
+//! The `trib` CLI against a real node, as a new user would run it.
+
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+
+use tributary_tests::{binary, NodeProcess};
+
+fn trib(node: &NodeProcess, args: &[&str], stdin: Option<&str>) -> Output {
+    let mut child = Command::new(binary("trib"))
+        .args(["--endpoint", &node.endpoint()])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run trib");
+    let mut pipe = child.stdin.take().expect("stdin");
+    if let Some(input) = stdin {
+        pipe.write_all(input.as_bytes()).expect("write stdin");
+    }
+    drop(pipe);
+    child.wait_with_output().expect("trib output")
+}
+
+fn ok(output: Output) -> String {
+    assert!(
+        output.status.success(),
+        "trib failed ({}): {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).expect("utf-8 stdout")
+}
+
+fn json_lines(text: &str) -> Vec<serde_json::Value> {
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?} is not JSON: {e}")))
+        .collect()
+}
+
+#[tokio::test]
+async fn put_a_thousand_lines_and_get_them_back_as_json() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = NodeProcess::start(&dir.path().join("node"), &[]).await;
+    ok(trib(
+        &node,
+        &["stream", "create", "demo", "--shards", "4"],
+        None,
+    ));
+
+    let input: String = (1..=1000).map(|i| format!("{i}\n")).collect();
+    let output = trib(&node, &["put", "demo"], Some(&input));
+    let stderr = String::from_utf8_lossy(&output.stderr).to_string();
+    ok(output);
+    assert!(
+        stderr.contains("1000"),
+        "put reports what it acknowledged: {stderr}"
+    );
+
+    let records = json_lines(&ok(trib(
+        &node,
+        &["get", "demo", "--from", "trim-horizon", "--output", "json"],
+        None,
+    )));
+    assert_eq!(records.len(), 1000);
+    let mut values: Vec<u64> = Vec::new();
+    for record in &records {
+        for field in [
+            "shard_id",
+            "sequence_number",
+            "partition_key",
+            "data",
+            "approximate_arrival_timestamp",
+        ] {
+            assert!(
+                record.get(field).is_some(),
+                "record lacks {field}: {record}"
+            );
+        }
+        assert!(
+            record["sequence_number"].is_string(),
+            "sequence numbers are decimal strings"
+        );
+        use base64::Engine;
+        let data = base64::engine::general_purpose::STANDARD
+            .decode(record["data"].as_str().expect("base64"))
+            .expect("base64");
+        values.push(
+            String::from_utf8(data)
+                .expect("utf-8")
+                .parse()
+                .expect("number"),
+        );
+    }
+    values.sort_unstable();
+    assert_eq!(values, (1..=1000).collect::<Vec<u64>>());
+
+    // --limit caps the total; global flags work after the subcommand too.
+    let limited = ok(trib(
+        &node,
+        &["get", "demo", "--limit", "7", "--output", "json"],
+        None,
+    ));
+    assert_eq!(json_lines(&limited).len(), 7);
+
+    // Streams and shards in JSON with the documented field names.
+    let streams = json_lines(&ok(trib(
+        &node,
+        &["--output", "json", "stream", "list"],
+        None,
+    )));
+    assert_eq!(streams.len(), 1);
+    assert_eq!(streams[0]["stream_name"], "demo");
+    assert_eq!(streams[0]["status"], "ACTIVE");
+    assert_eq!(streams[0]["shard_count"], 4);
+    assert_eq!(streams[0]["retention"], "24h");
+    let shards = json_lines(&ok(trib(
+        &node,
+        &["shard", "list", "demo", "--output", "json"],
+        None,
+    )));
+    assert_eq!(shards.len(), 4);
+    assert_eq!(shards[0]["shard_id"], "shardId-000000000000");
+    assert_eq!(shards[0]["status"], "OPEN");
+    assert_eq!(shards[0]["starting_hash_key"], "0");
+    assert_eq!(shards[3]["ending_hash_key"], u128::MAX.to_string());
+    assert!(shards[0]["ending_sequence_number"].is_null());
+    assert!(shards[0]["parent_shard_id"].is_null());
+
+    let nodes = json_lines(&ok(trib(
+        &node,
+        &["cluster", "status", "--output", "json"],
+        None,
+    )));
+    assert_eq!(nodes.len(), 1);
+    assert_eq!(nodes[0]["metadata_role"], "leader");
+    assert_eq!(nodes[0]["state"], "up");
+    assert_eq!(nodes[0]["shard_leaders"], 4);
+}
+
+#[tokio::test]
+async fn errors_go_to_stderr_with_a_non_zero_exit() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = NodeProcess::start(&dir.path().join("node"), &[]).await;
+    let output = trib(
+        &node,
+        &["stream", "create", "bad name", "--shards", "1"],
+        None,
+    );
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("InvalidArgument") && stderr.contains("[a-zA-Z0-9_.-]"),
+        "{stderr}"
+    );
+
+    let output = trib(&node, &["get", "missing"], None);
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("ResourceNotFound"));
+
+    ok(trib(
+        &node,
+        &["stream", "create", "keys", "--shards", "2"],
+        None,
+    ));
+    let output = trib(
+        &node,
+        &["put", "keys", "--key", &"k".repeat(300), "hello"],
+        None,
+    );
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("the limit is 256"));
+
+    // Explicit hash keys route to the shard that owns them.
+    let put = ok(trib(
+        &node,
+        &[
+            "put",
+            "keys",
+            "--key",
+            "a",
+            "--explicit-hash-key",
+            "0",
+            "first",
+            "--output",
+            "json",
+        ],
+        None,
+    ));
+    assert_eq!(json_lines(&put)[0]["shard_id"], "shardId-000000000000");
+    let read = json_lines(&ok(trib(
+        &node,
+        &[
+            "get",
+            "keys",
+            "--shard",
+            "shardId-000000000000",
+            "--output",
+            "json",
+        ],
+        None,
+    )));
+    assert_eq!(read.len(), 1);
+}
