@@ -241,7 +241,17 @@ fn find_shard<'a>(shards: &'a [Shard], stream: &str, shard_id: &str) -> Result<&
         .iter()
         .find(|shard| shard.shard_id == shard_id)
         .ok_or_else(|| {
-            let known: Vec<&str> = shards.iter().map(|shard| shard.shard_id.as_str()).collect();
+            // Name a few shards, not all: a stream may have a thousand.
+            const SHOWN: usize = 8;
+            let mut known: Vec<&str> = shards
+                .iter()
+                .take(SHOWN)
+                .map(|shard| shard.shard_id.as_str())
+                .collect();
+            let more = format!("… ({} in all)", shards.len());
+            if shards.len() > SHOWN {
+                known.push(&more);
+            }
             Error::api(
                 ErrorCode::ResourceNotFound,
                 format!(

@@ -160,7 +160,7 @@ impl RaftLogReader<TypeConfig> for GroupLogStore {
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, io::Error> {
-        Ok(self.lock().vote.clone())
+        Ok(self.lock().vote)
     }
 
     async fn limited_get_log_entries(
@@ -178,11 +178,8 @@ impl RaftLogStorage<TypeConfig> for GroupLogStore {
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, io::Error> {
         let state = self.lock();
         Ok(LogState {
-            last_purged_log_id: state.last_purged.clone(),
-            last_log_id: state
-                .last_log_id
-                .clone()
-                .or_else(|| state.last_purged.clone()),
+            last_purged_log_id: state.last_purged,
+            last_log_id: state.last_log_id.or_else(|| state.last_purged),
         })
     }
 
@@ -194,7 +191,7 @@ impl RaftLogStorage<TypeConfig> for GroupLogStore {
         self.inner
             .meta
             .put(self.inner.group, GroupKey::Vote, vote, true)?;
-        self.lock().vote = Some(vote.clone());
+        self.lock().vote = Some(*vote);
         Ok(())
     }
 
@@ -208,7 +205,7 @@ impl RaftLogStorage<TypeConfig> for GroupLogStore {
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, io::Error> {
-        Ok(self.lock().committed.clone())
+        Ok(self.lock().committed)
     }
 
     async fn append<I>(
@@ -240,7 +237,7 @@ impl RaftLogStorage<TypeConfig> for GroupLogStore {
             .truncate_after(last_log_id.as_ref().map(|id| id.index))
             .map_err(log_err)?;
         let mut state = self.lock();
-        state.last_log_id = last_log_id.or_else(|| state.last_purged.clone());
+        state.last_log_id = last_log_id.or_else(|| state.last_purged);
         Ok(())
     }
 
@@ -256,7 +253,7 @@ impl RaftLogStorage<TypeConfig> for GroupLogStore {
             .as_ref()
             .is_none_or(|last| last.index < log_id.index)
         {
-            state.last_log_id = Some(log_id.clone());
+            state.last_log_id = Some(log_id);
         }
         state.last_purged = Some(log_id);
         Ok(())

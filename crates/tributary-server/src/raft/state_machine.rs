@@ -144,7 +144,7 @@ impl RaftSnapshotBuilder<TypeConfig> for GroupStateMachine {
             Kind::Shard { .. } => Vec::new(),
         };
         let meta = SnapshotMetaOf::<TypeConfig> {
-            last_log_id: applied.0.clone(),
+            last_log_id: applied.0,
             last_membership: applied.1.clone(),
         };
         Ok(SnapshotOf::<TypeConfig, Cursor<Vec<u8>>> {
@@ -160,7 +160,7 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
 
     async fn applied_state(&mut self) -> Result<(Option<LogId>, Membership), io::Error> {
         let applied = self.inner.applied.lock().await;
-        Ok((applied.0.clone(), applied.1.clone()))
+        Ok((applied.0, applied.1.clone()))
     }
 
     async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
@@ -173,8 +173,7 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
             let response = match &entry.payload {
                 EntryPayload::Blank => CommandResponse::Applied,
                 EntryPayload::Membership(membership) => {
-                    applied.1 =
-                        StoredMembership::new(Some(entry.log_id.clone()), membership.clone());
+                    applied.1 = StoredMembership::new(Some(entry.log_id), membership.clone());
                     CommandResponse::Applied
                 }
                 EntryPayload::Normal(Command::Append(batch)) => {
@@ -193,7 +192,7 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
                     }
                 },
             };
-            applied.0 = Some(entry.log_id.clone());
+            applied.0 = Some(entry.log_id);
             if let Some(responder) = responder {
                 responder.send(response);
             }
@@ -218,7 +217,7 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
                     .is_some_and(|durable| durable >= applied_index)
                 {
                     let state = AppliedState {
-                        applied: applied.0.clone(),
+                        applied: applied.0,
                         membership: applied.1.clone(),
                     };
                     self.inner
@@ -246,7 +245,7 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
             *shared.write() = state;
             shared.version.send_modify(|v| *v += 1);
         }
-        *applied = (meta.last_log_id.clone(), meta.last_membership.clone());
+        *applied = (meta.last_log_id, meta.last_membership.clone());
         Ok(())
     }
 
