@@ -18,9 +18,9 @@ struct FlushRequest {
 }
 
 /// At most this many fsyncs run at once. Parallel fdatasyncs of different files let the
-/// filesystem batch them into one journal commit: measured with `fsync_layout` (see
-/// docs/benchmarks.md), 16 shards synced in parallel reach 336 windows/s against 24/s one
-/// after another.
+/// filesystem batch them into fewer journal commits: measured with `fsync_layout` (see
+/// docs/benchmarks.md), 16 shards synced in parallel reach 629 windows/s against 209/s one
+/// after another (a node-wide log reaches 2,030/s; see docs/architecture.md).
 const PARALLEL_SYNCS: usize = 16;
 
 /// Syncs every log, up to `PARALLEL_SYNCS` at a time, recording failures.
