@@ -10,7 +10,7 @@ use tonic::Code;
 use tributary_proto::v1::{ErrorCode, ErrorDetail};
 
 /// Response metadata key of the binary [`ErrorDetail`] the server may attach to a failed RPC.
-const ERROR_DETAIL_METADATA: &str = "tributary-error-detail-bin";
+use tributary_proto::ERROR_DETAIL_METADATA;
 
 /// An error from an SDK call.
 #[derive(Debug, thiserror::Error)]
@@ -95,38 +95,7 @@ pub fn is_retryable_code(code: ErrorCode) -> bool {
     )
 }
 
-/// The Kinesis-style name of a code, as it appears in the `tributary-error-code` metadata.
-pub fn error_code_name(code: ErrorCode) -> &'static str {
-    match code {
-        ErrorCode::Unspecified => "Unknown",
-        ErrorCode::InvalidArgument => "InvalidArgument",
-        ErrorCode::ResourceNotFound => "ResourceNotFound",
-        ErrorCode::ResourceInUse => "ResourceInUse",
-        ErrorCode::LimitExceeded => "LimitExceeded",
-        ErrorCode::ProvisionedThroughputExceeded => "ProvisionedThroughputExceeded",
-        ErrorCode::ExpiredIterator => "ExpiredIterator",
-        ErrorCode::InternalFailure => "InternalFailure",
-        ErrorCode::Unavailable => "Unavailable",
-        ErrorCode::DataCorruption => "DataCorruption",
-    }
-}
-
-/// The code with the given Kinesis-style name (the inverse of [`error_code_name`]).
-pub fn error_code_from_name(name: &str) -> Option<ErrorCode> {
-    let code = match name {
-        "InvalidArgument" => ErrorCode::InvalidArgument,
-        "ResourceNotFound" => ErrorCode::ResourceNotFound,
-        "ResourceInUse" => ErrorCode::ResourceInUse,
-        "LimitExceeded" => ErrorCode::LimitExceeded,
-        "ProvisionedThroughputExceeded" => ErrorCode::ProvisionedThroughputExceeded,
-        "ExpiredIterator" => ErrorCode::ExpiredIterator,
-        "InternalFailure" => ErrorCode::InternalFailure,
-        "Unavailable" => ErrorCode::Unavailable,
-        "DataCorruption" => ErrorCode::DataCorruption,
-        _ => return None,
-    };
-    Some(code)
-}
+pub use tributary_proto::{error_code_from_name, error_code_name};
 
 /// The code the server named, from the text metadata first and the binary detail second.
 fn code_from_metadata(status: &tonic::Status) -> Option<ErrorCode> {

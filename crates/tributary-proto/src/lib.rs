@@ -11,3 +11,42 @@ pub mod v1 {
 
 /// Response metadata key that carries the stable error name (e.g. `InvalidArgument`).
 pub const ERROR_CODE_METADATA: &str = "tributary-error-code";
+
+/// Response metadata key that carries an `ErrorDetail` (binary protobuf) of a failed RPC.
+pub const ERROR_DETAIL_METADATA: &str = "tributary-error-detail-bin";
+
+/// The stable, Kinesis-style name of a code, as sent in the `tributary-error-code` metadata.
+/// These strings are part of the public API and never change.
+pub fn error_code_name(code: v1::ErrorCode) -> &'static str {
+    use v1::ErrorCode;
+    match code {
+        ErrorCode::Unspecified => "Unspecified",
+        ErrorCode::InvalidArgument => "InvalidArgument",
+        ErrorCode::ResourceNotFound => "ResourceNotFound",
+        ErrorCode::ResourceInUse => "ResourceInUse",
+        ErrorCode::LimitExceeded => "LimitExceeded",
+        ErrorCode::ProvisionedThroughputExceeded => "ProvisionedThroughputExceeded",
+        ErrorCode::ExpiredIterator => "ExpiredIterator",
+        ErrorCode::InternalFailure => "InternalFailure",
+        ErrorCode::Unavailable => "Unavailable",
+        ErrorCode::DataCorruption => "DataCorruption",
+    }
+}
+
+/// The code with the given name (the inverse of [`error_code_name`]).
+pub fn error_code_from_name(name: &str) -> Option<v1::ErrorCode> {
+    use v1::ErrorCode;
+    [
+        ErrorCode::InvalidArgument,
+        ErrorCode::ResourceNotFound,
+        ErrorCode::ResourceInUse,
+        ErrorCode::LimitExceeded,
+        ErrorCode::ProvisionedThroughputExceeded,
+        ErrorCode::ExpiredIterator,
+        ErrorCode::InternalFailure,
+        ErrorCode::Unavailable,
+        ErrorCode::DataCorruption,
+    ]
+    .into_iter()
+    .find(|code| error_code_name(*code) == name)
+}

@@ -2,7 +2,7 @@
 //! also `tributary.v1.ErrorCode`) and a message that says what was wrong and what is allowed.
 
 use tributary_proto::v1::ErrorCode;
-use tributary_proto::ERROR_CODE_METADATA;
+use tributary_proto::{ERROR_CODE_METADATA, ERROR_DETAIL_METADATA};
 
 /// An error returned to an API caller.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -14,21 +14,7 @@ pub struct ApiError {
     pub message: String,
 }
 
-/// The stable, Kinesis-style name of a code; these strings are part of the public API.
-pub fn code_name(code: ErrorCode) -> &'static str {
-    match code {
-        ErrorCode::Unspecified => "Unspecified",
-        ErrorCode::InvalidArgument => "InvalidArgument",
-        ErrorCode::ResourceNotFound => "ResourceNotFound",
-        ErrorCode::ResourceInUse => "ResourceInUse",
-        ErrorCode::LimitExceeded => "LimitExceeded",
-        ErrorCode::ProvisionedThroughputExceeded => "ProvisionedThroughputExceeded",
-        ErrorCode::ExpiredIterator => "ExpiredIterator",
-        ErrorCode::InternalFailure => "InternalFailure",
-        ErrorCode::Unavailable => "Unavailable",
-        ErrorCode::DataCorruption => "DataCorruption",
-    }
-}
+pub use tributary_proto::error_code_name as code_name;
 
 impl ApiError {
     fn new(code: ErrorCode, message: impl Into<String>) -> Self {
@@ -84,10 +70,19 @@ impl From<ApiError> for tonic::Status {
             ErrorCode::DataCorruption => tonic::Code::DataLoss,
             ErrorCode::InternalFailure | ErrorCode::Unspecified => tonic::Code::Internal,
         };
+        let detail = prost::Message::encode_to_vec(&tributary_proto::v1::ErrorDetail {
+            code: err.code as i32,
+            message: err.message.clone(),
+        });
         let mut status = tonic::Status::new(grpc, err.message);
-        status.metadata_mut().insert(
+        let metadata = status.metadata_mut();
+        metadata.insert(
             ERROR_CODE_METADATA,
             tonic::metadata::MetadataValue::from_static(code_name(err.code)),
+        );
+        metadata.insert_bin(
+            ERROR_DETAIL_METADATA,
+            tonic::metadata::MetadataValue::from_bytes(&detail),
         );
         status
     }
@@ -108,5 +103,12 @@ mod tests {
             .and_then(|v| v.to_str().ok());
         assert_eq!(name, Some("InvalidArgument"));
         assert!(status.message().contains("the limit is 256"));
+        let detail = status
+            .metadata()
+            .get_bin(ERROR_DETAIL_METADATA)
+            .and_then(|v| v.to_bytes().ok());
+        let detail: tributary_proto::v1::ErrorDetail =
+            prost::Message::decode(detail.expect("binary detail")).expect("decodes");
+        assert_eq!(detail.code, ErrorCode::InvalidArgument as i32);
     }
 }
