@@ -19,7 +19,8 @@ pub struct NodeConfig {
     pub data_dir: PathBuf,
     /// The availability zone this node stands for (reported in `trib cluster status`).
     pub az: String,
-    /// Prometheus endpoint; no metrics listener is opened unless set.
+    /// Prometheus endpoint. Reserved: this release serves no metrics yet, so setting it is
+    /// refused rather than silently ignored.
     pub metrics_listen: Option<SocketAddr>,
     /// Shard iterators expire after this many milliseconds (Kinesis: 5 minutes). Shorter
     /// values let tests exercise expiry quickly; longer ones let slow consumers keep tokens.
@@ -74,6 +75,11 @@ impl NodeConfig {
             return Err(ConfigInvalid(
                 "az is empty; name the availability zone, e.g. az-a".into(),
             ));
+        }
+        if let Some(addr) = self.metrics_listen {
+            return Err(ConfigInvalid(format!(
+                "metrics_listen ({addr}): this release has no Prometheus endpoint yet; remove the setting"
+            )));
         }
         if self.iterator_ttl_ms < 1000 {
             return Err(ConfigInvalid(format!(
@@ -146,6 +152,16 @@ mod tests {
             err.contains("election_timeout_min_ms (100) must be greater"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn metrics_listen_is_refused_until_metrics_exist() {
+        let config = NodeConfig {
+            metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9101))),
+            ..Default::default()
+        };
+        let err = config.validate().expect_err("refused").to_string();
+        assert!(err.contains("no Prometheus endpoint yet"), "{err}");
     }
 
     #[test]
