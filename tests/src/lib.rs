@@ -143,7 +143,10 @@ impl NodeProcess {
             }
             let _ = child.kill();
             let _ = child.wait();
-            panic!("tributary did not exit within 20 s of SIGTERM");
+            panic!(
+                "tributary did not exit within 20 s of SIGTERM; log:\n{}",
+                self.log()
+            );
         }
     }
 

@@ -275,3 +275,28 @@ async fn iterator_positions() {
         "a page that reaches the tip is 0 ms behind"
     );
 }
+
+#[tokio::test]
+async fn sigterm_stops_the_node_cleanly_and_keeps_the_data() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut node = NodeProcess::start(&dir.path().join("node"), &[]).await;
+    node.create_stream("term", 1).await;
+    let mut data = node.data().await;
+    let put = data
+        .put_record(pb::PutRecordRequest {
+            stream_name: "term".into(),
+            partition_key: "k".into(),
+            data: b"kept".to_vec().into(),
+            explicit_hash_key: None,
+        })
+        .await
+        .expect("put")
+        .into_inner();
+    node.terminate(); // panics unless the process exits within 20 s of SIGTERM
+    assert!(node.log().contains("shutting down"), "{}", node.log());
+    node.restart().await;
+    let records = node.read_shard("term", &put.shard_id).await.expect("read");
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].sequence_number, put.sequence_number);
+    assert_eq!(&records[0].data[..], b"kept");
+}

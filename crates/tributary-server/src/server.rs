@@ -13,10 +13,13 @@ use crate::service::data::DataApi;
 use crate::service::stream::StreamApi;
 use crate::service::MAX_MESSAGE_BYTES;
 
+/// How long in-flight requests may take to finish once shutdown begins.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Starts a node and serves its API until `shutdown` resolves.
 pub async fn serve(
     config: NodeConfig,
-    shutdown: impl std::future::Future<Output = ()> + Send,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     config.validate()?;
     // Bind first so a taken port fails fast, before any data is touched.
@@ -31,7 +34,17 @@ pub async fn serve(
         .await;
 
     tracing::info!(listen = %config.listen, node_id = config.node_id, az = %config.az, "serving");
-    let result = Server::builder()
+    // Shutdown: stop accepting, let in-flight requests finish, but do not wait for idle
+    // client connections (a client may hold one open for hours) longer than the grace period.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let signal = async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    };
+    let signal_task = tokio::spawn(signal);
+    let mut graceful = stop_rx.clone();
+    let mut deadline = stop_rx;
+    let serving = Server::builder()
         .add_service(health_service)
         .add_service(
             StreamServiceServer::new(StreamApi::new(node.clone()))
@@ -50,9 +63,24 @@ pub async fn serve(
         )
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(listener),
-            shutdown,
-        )
-        .await;
+            async move {
+                let _ = graceful.wait_for(|stop| *stop).await;
+            },
+        );
+    let result = tokio::select! {
+        result = serving => result,
+        _ = async {
+            let _ = deadline.wait_for(|stop| *stop).await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        } => {
+            tracing::warn!(
+                "connections still open {} s after shutdown began; closing them",
+                SHUTDOWN_GRACE.as_secs()
+            );
+            Ok(())
+        }
+    };
+    signal_task.abort();
     node.shutdown().await;
     result.map_err(|e| anyhow::anyhow!("gRPC server failed: {e}"))
 }
