@@ -172,6 +172,21 @@ impl NodeProcess {
             .max_encoding_message_size(64 << 20)
     }
 
+    /// Puts one record and expects it to be acknowledged.
+    pub async fn put_one(&self, stream: &str, key: &str, data: &[u8]) -> pb::PutRecordResponse {
+        self.data()
+            .await
+            .put_record(pb::PutRecordRequest {
+                stream_name: stream.into(),
+                partition_key: key.into(),
+                data: data.to_vec().into(),
+                explicit_hash_key: None,
+            })
+            .await
+            .unwrap_or_else(|status| panic!("put to {stream}: {status:?}"))
+            .into_inner()
+    }
+
     /// Creates a stream and waits until it is ACTIVE.
     pub async fn create_stream(&self, name: &str, shards: u32) {
         let mut client = self.streams().await;

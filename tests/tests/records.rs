@@ -128,17 +128,7 @@ async fn acknowledged_records_survive_sigkill_and_restart() {
     assert_reads_back(&node, "orders", &acked).await;
 
     // The restarted node keeps appending above what it had.
-    let mut data = node.data().await;
-    let after = data
-        .put_record(pb::PutRecordRequest {
-            stream_name: "orders".into(),
-            partition_key: "key-1".into(),
-            data: b"after-restart".to_vec().into(),
-            explicit_hash_key: None,
-        })
-        .await
-        .expect("put after restart")
-        .into_inner();
+    let after = node.put_one("orders", "key-1", b"after-restart").await;
     let before_max = acked[&after.shard_id]
         .iter()
         .map(|(s, _)| *s)
@@ -281,17 +271,9 @@ async fn sigterm_stops_the_node_cleanly_and_keeps_the_data() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut node = NodeProcess::start(&dir.path().join("node"), &[]).await;
     node.create_stream("term", 1).await;
-    let mut data = node.data().await;
-    let put = data
-        .put_record(pb::PutRecordRequest {
-            stream_name: "term".into(),
-            partition_key: "k".into(),
-            data: b"kept".to_vec().into(),
-            explicit_hash_key: None,
-        })
-        .await
-        .expect("put")
-        .into_inner();
+    let put = node.put_one("term", "k", b"kept").await;
+    // A client that keeps its connection open must not keep the node alive after SIGTERM.
+    let _held_connection = node.data().await;
     node.terminate(); // panics unless the process exits within 20 s of SIGTERM
     assert!(node.log().contains("shutting down"), "{}", node.log());
     node.restart().await;
