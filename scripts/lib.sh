@@ -21,7 +21,8 @@ ensure_rust() {
 # librocksdb-sys needs libclang (bindgen) and a C++ compiler.
 ensure_build_packages() {
   local missing=()
-  if ! ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 && ! ls /usr/lib/*/libclang*.so* >/dev/null 2>&1; then
+  # libclang.so itself, not libclang-cpp.so (which machines often have without it).
+  if ! ls /usr/lib/llvm-*/lib/libclang.so* /usr/lib/llvm-*/lib/libclang-[0-9]*.so* /usr/lib/*/libclang.so* /usr/lib/*/libclang-[0-9]*.so* >/dev/null 2>&1; then
     missing+=(libclang-dev)
   fi
   need_cmd g++ || missing+=(g++)

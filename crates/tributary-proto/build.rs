@@ -3,7 +3,7 @@
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../proto");
-    let files = ["common", "stream", "data", "cluster"]
+    let files = ["common", "stream", "data", "cluster", "peer"]
         .map(|name| root.join(format!("tributary/v1/{name}.proto")));
     let descriptors = protox::compile(&files, [&root])?;
     tonic_prost_build::configure()

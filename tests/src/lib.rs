@@ -35,6 +35,8 @@ pub fn free_addr() -> SocketAddr {
 
 /// A `tributary serve` process.
 pub struct NodeProcess {
+    /// Its node id.
+    pub node_id: u64,
     /// Where it listens.
     pub addr: SocketAddr,
     /// Its data dir (kept across restarts).
@@ -45,20 +47,42 @@ pub struct NodeProcess {
 }
 
 impl NodeProcess {
-    /// Starts a node in `data_dir` with extra flags, and waits until it serves.
+    /// Starts a single-node cluster in `data_dir` with extra flags, and waits until it
+    /// serves.
     pub async fn start(data_dir: &Path, extra_args: &[&str]) -> NodeProcess {
+        let mut node = NodeProcess::launch(1, free_addr(), data_dir, extra_args);
+        node.wait_ready().await;
+        node
+    }
+
+    /// Starts node `node_id` on `addr` without waiting for it (a cluster member serves
+    /// only once a majority is up).
+    pub fn launch(
+        node_id: u64,
+        addr: SocketAddr,
+        data_dir: &Path,
+        extra_args: &[&str],
+    ) -> NodeProcess {
         let mut node = NodeProcess {
-            addr: free_addr(),
+            node_id,
+            addr,
             data_dir: data_dir.to_path_buf(),
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
             child: None,
             log_path: data_dir.with_extension("log"),
         };
-        node.spawn().await;
+        node.spawn_process();
         node
     }
 
     async fn spawn(&mut self) {
+        self.spawn_process();
+        self.wait_ready().await;
+    }
+
+    /// Starts the process again (after `kill` or `terminate`) without waiting.
+    pub fn spawn_process(&mut self) {
+        let az = ["az-a", "az-b", "az-c"][((self.node_id - 1) % 3) as usize];
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -66,7 +90,7 @@ impl NodeProcess {
             .expect("open node log");
         let child = Command::new(binary("tributary"))
             .arg("serve")
-            .args(["--node-id", "1", "--az", "az-a"])
+            .args(["--node-id", &self.node_id.to_string(), "--az", az])
             .arg("--listen")
             .arg(self.addr.to_string())
             .arg("--data-dir")
@@ -79,7 +103,13 @@ impl NodeProcess {
             .spawn()
             .expect("start tributary");
         self.child = Some(child);
-        self.wait_ready().await;
+    }
+
+    /// Whether the process is running.
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
     /// The node's endpoint URL.
@@ -92,7 +122,8 @@ impl NodeProcess {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
 
-    async fn wait_ready(&mut self) {
+    /// Waits (60 s at most) until the node serves client requests.
+    pub async fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Some(child) = self.child.as_mut() {
@@ -321,4 +352,98 @@ pub fn shard_segment_files(data_dir: &Path) -> Vec<PathBuf> {
     }
     files.sort();
     files
+}
+
+/// A three-node cluster of `tributary serve` processes on loopback (az-a, az-b, az-c),
+/// each with its own data dir under one temp dir.
+pub struct Cluster {
+    /// Nodes 1, 2, 3 (index = id - 1).
+    pub nodes: Vec<NodeProcess>,
+    /// The `--peers` value every node got.
+    pub peers: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    /// Starts three nodes, in the given order of ids, and waits until all serve.
+    pub async fn start_in_order(order: [u64; 3], extra_args: &[&str]) -> Cluster {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let addrs: Vec<SocketAddr> = (0..3).map(|_| free_addr()).collect();
+        let peers = addrs
+            .iter()
+            .enumerate()
+            .map(|(i, a)| format!("{}={a}", i + 1))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut args: Vec<&str> = vec!["--peers", &peers];
+        args.extend_from_slice(extra_args);
+        let mut slots: Vec<Option<NodeProcess>> = vec![None, None, None];
+        for id in order {
+            let i = (id - 1) as usize;
+            let data_dir = dir.path().join(format!("node-{id}"));
+            slots[i] = Some(NodeProcess::launch(id, addrs[i], &data_dir, &args));
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        let mut nodes: Vec<NodeProcess> = slots.into_iter().map(|n| n.expect("started")).collect();
+        for node in &mut nodes {
+            node.wait_ready().await;
+        }
+        Cluster {
+            nodes,
+            peers,
+            _dir: dir,
+        }
+    }
+
+    /// Starts three nodes in id order and waits until all serve.
+    pub async fn start(extra_args: &[&str]) -> Cluster {
+        Cluster::start_in_order([1, 2, 3], extra_args).await
+    }
+
+    /// Node `id` (1-based).
+    pub fn node(&self, id: u64) -> &NodeProcess {
+        &self.nodes[(id - 1) as usize]
+    }
+
+    /// Node `id`, mutable (to kill or restart it).
+    pub fn node_mut(&mut self, id: u64) -> &mut NodeProcess {
+        &mut self.nodes[(id - 1) as usize]
+    }
+
+    /// `ClusterStatus` as node `via` sees it.
+    pub async fn status(&self, via: u64) -> pb::ClusterStatusResponse {
+        let mut client =
+            tributary_proto::v1::cluster_service_client::ClusterServiceClient::connect(
+                self.node(via).endpoint(),
+            )
+            .await
+            .expect("connect");
+        client
+            .cluster_status(pb::ClusterStatusRequest {})
+            .await
+            .expect("cluster status")
+            .into_inner()
+    }
+
+    /// Waits (bounded) until `check` holds for the status seen from node `via`.
+    pub async fn wait_status(
+        &self,
+        via: u64,
+        what: &str,
+        limit: Duration,
+        check: impl Fn(&pb::ClusterStatusResponse) -> bool,
+    ) -> pb::ClusterStatusResponse {
+        let deadline = Instant::now() + limit;
+        loop {
+            let status = self.status(via).await;
+            if check(&status) {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}: not reached within {limit:?}; last status {status:#?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
 }

@@ -11,7 +11,7 @@ use tributary_proto::v1::{
     ClusterStatusRequest, ClusterStatusResponse, CreateStreamRequest, DeleteStreamRequest,
     DescribeStreamRequest, ErrorCode, GetRecordsRequest, GetRecordsResponse, ListShardsRequest,
     ListStreamsRequest, PutRecordRequest, PutRecordResponse, PutRecordsEntry, PutRecordsRequest,
-    PutRecordsResponse, Shard, StreamDescription, StreamStatus, StreamSummary,
+    PutRecordsResponse, ReplaceNodeRequest, Shard, StreamDescription, StreamStatus, StreamSummary,
 };
 
 use crate::{Error, StartingPosition};
@@ -236,6 +236,17 @@ impl Client {
             .cluster_status(ClusterStatusRequest {})
             .await?;
         Ok(response.into_inner())
+    }
+
+    /// Re-adds a node whose data dir was lost (see `trib cluster replace-node`); returns
+    /// how many raft groups changed. Waits until the node has caught up everywhere.
+    pub async fn replace_node(&self, node_id: u64) -> Result<u32, Error> {
+        let response = self
+            .cluster
+            .clone()
+            .replace_node(ReplaceNodeRequest { node_id })
+            .await?;
+        Ok(response.into_inner().groups_changed)
     }
 
     /// Polls DescribeStream until the stream is ACTIVE and returns its description.

@@ -1,6 +1,7 @@
 //! Node configuration: one plain struct that flags, `TRIBUTARY_*` environment variables
 //! and a TOML file all map onto. Every field documents its trade-off.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -19,6 +20,13 @@ pub struct NodeConfig {
     pub data_dir: PathBuf,
     /// The availability zone this node stands for (reported in `trib cluster status`).
     pub az: String,
+    /// Every node of the cluster, this one included, as `ID=HOST:PORT,...` (each node's
+    /// `listen` address as its peers reach it; hostnames allowed). Empty: a single-node
+    /// cluster.
+    pub peers: String,
+    /// How often a node checks whether shard leaderships should move to their preferred
+    /// node (the even spread), in milliseconds.
+    pub rebalance_interval_ms: u64,
     /// Prometheus endpoint. Reserved: this release serves no metrics yet, so setting it is
     /// refused rather than silently ignored.
     pub metrics_listen: Option<SocketAddr>,
@@ -48,6 +56,8 @@ impl Default for NodeConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 7101)),
             data_dir: PathBuf::from("./.tributary/data"),
             az: "az-a".to_string(),
+            peers: String::new(),
+            rebalance_interval_ms: 1000,
             metrics_listen: None,
             iterator_ttl_ms: 5 * 60 * 1000,
             max_shards: 1024,
@@ -115,12 +125,75 @@ impl NodeConfig {
                 self.segment_max_bytes
             )));
         }
+        let peers = self.peer_map()?;
+        if !peers.is_empty() && !peers.contains_key(&self.node_id) {
+            return Err(ConfigInvalid(format!(
+                "peers ({}) must list this node (id {}) too, with the address its peers reach it at",
+                self.peers, self.node_id
+            )));
+        }
+        if self.rebalance_interval_ms < 100 {
+            return Err(ConfigInvalid(format!(
+                "rebalance_interval_ms is {}; it must be at least 100",
+                self.rebalance_interval_ms
+            )));
+        }
         if self.segment_max_age_secs == 0 {
             return Err(ConfigInvalid(
                 "segment_max_age_secs must be at least 1".into(),
             ));
         }
         Ok(())
+    }
+
+    /// The cluster's nodes by id (empty for a single-node cluster).
+    pub fn peer_map(&self) -> Result<BTreeMap<u64, String>, ConfigInvalid> {
+        let mut peers = BTreeMap::new();
+        for part in self
+            .peers
+            .split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+        {
+            let bad = |why: &str| {
+                ConfigInvalid(format!(
+                    "peers entry {part:?}: {why}; write ID=HOST:PORT, e.g. 1=127.0.0.1:7101,2=127.0.0.1:7102,3=127.0.0.1:7103"
+                ))
+            };
+            let (id, addr) = part.split_once('=').ok_or_else(|| bad("no '='"))?;
+            let id: u64 = id
+                .trim()
+                .parse()
+                .map_err(|_| bad("the id is not a number"))?;
+            if id == 0 {
+                return Err(bad("node ids start at 1"));
+            }
+            let addr = addr.trim();
+            let (host, port) = addr.rsplit_once(':').ok_or_else(|| bad("no port"))?;
+            if host.is_empty() || !matches!(port.parse::<u16>(), Ok(p) if p > 0) {
+                return Err(bad(
+                    "the address is not HOST:PORT with a port from 1 to 65535",
+                ));
+            }
+            if peers.insert(id, addr.to_string()).is_some() {
+                return Err(bad("this id is listed twice"));
+            }
+        }
+        if peers.len() == 1 {
+            return Err(ConfigInvalid(format!(
+                "peers ({}) lists one node; list every node of the cluster, or leave peers empty for a single-node cluster",
+                self.peers
+            )));
+        }
+        Ok(peers)
+    }
+
+    /// The address peers and clients reach this node at.
+    pub fn advertised_address(&self) -> String {
+        self.peer_map()
+            .ok()
+            .and_then(|peers| peers.get(&self.node_id).cloned())
+            .unwrap_or_else(|| self.listen.to_string())
     }
 
     /// The iterator lifetime as a duration.
@@ -162,6 +235,43 @@ mod tests {
         };
         let err = config.validate().expect_err("refused").to_string();
         assert!(err.contains("no Prometheus endpoint yet"), "{err}");
+    }
+
+    #[test]
+    fn peers_parse_and_must_include_self() {
+        let config = NodeConfig {
+            node_id: 2,
+            peers: "1=127.0.0.1:7101, 2=node-b:7102,3=127.0.0.1:7103".into(),
+            ..Default::default()
+        };
+        config.validate().expect("valid");
+        assert_eq!(config.advertised_address(), "node-b:7102");
+        let missing = NodeConfig {
+            node_id: 4,
+            ..config.clone()
+        };
+        let err = missing.validate().expect_err("self missing").to_string();
+        assert!(err.contains("must list this node (id 4)"), "{err}");
+    }
+
+    #[test]
+    fn bad_peers_are_named() {
+        for (peers, why) in [
+            ("1=a:1,1=b:2", "listed twice"),
+            ("1=a:1,x=b:2", "not a number"),
+            ("1=a:1,2=b", "no port"),
+            ("1=a:1,2=b:0", "port from 1"),
+            ("1=a:1,2b:2", "no '='"),
+            ("0=a:1,1=b:2", "start at 1"),
+            ("1=a:1", "lists one node"),
+        ] {
+            let config = NodeConfig {
+                peers: peers.into(),
+                ..Default::default()
+            };
+            let err = config.validate().expect_err(peers).to_string();
+            assert!(err.contains(why), "{peers}: {err}");
+        }
     }
 
     #[test]

@@ -6,9 +6,11 @@
 pub mod clock;
 pub mod config;
 pub mod error;
+pub mod identity;
 pub mod iterator;
 pub mod metadata;
 pub mod node;
+pub mod peers;
 pub mod raft;
 pub mod reader;
 pub mod routing;

@@ -22,6 +22,19 @@ struct Cli {
 enum Command {
     /// Run a node.
     Serve(ServeArgs),
+    /// Run a local 3-node cluster (az-a, az-b, az-c on 127.0.0.1:7101-7103) as three
+    /// processes; Ctrl-C stops all three. Data stays in --data-dir across restarts.
+    Dev(DevArgs),
+}
+
+#[derive(Args)]
+struct DevArgs {
+    /// Parent directory of the three nodes' data dirs (node-1, node-2, node-3).
+    #[arg(long, default_value = "./.tributary/dev")]
+    data_dir: PathBuf,
+    /// Port of node 1; nodes 2 and 3 use the next two.
+    #[arg(long, default_value_t = 7101)]
+    base_port: u16,
 }
 
 #[derive(Args)]
@@ -70,9 +83,7 @@ impl ServeArgs {
             None => NodeConfig::default(),
         };
         if let Some(peers) = self.peers {
-            anyhow::bail!(
-                "--peers {peers}: multi-node clusters are not available in this release; run without --peers for a single-node cluster"
-            );
+            config.peers = peers;
         }
         if let Some(v) = self.node_id {
             config.node_id = v;
@@ -113,6 +124,12 @@ fn main() -> anyhow::Result<()> {
         .init();
     let cli = Cli::parse();
     match cli.command {
+        Command::Dev(args) => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(dev(args))
+        }
         Command::Serve(args) => {
             let config = args.into_config()?;
             tributary_server::server::raise_open_files_limit();
@@ -139,4 +156,86 @@ async fn shutdown_signal() {
         _ = term.recv() => {},
     }
     tracing::info!("shutting down");
+}
+
+/// `tributary dev`: three `tributary serve` children on loopback.
+async fn dev(args: DevArgs) -> anyhow::Result<()> {
+    let exe = std::env::current_exe().context("cannot find the tributary executable")?;
+    let ports: Vec<u16> = (0..3u16)
+        .map(|i| args.base_port.checked_add(i))
+        .collect::<Option<_>>()
+        .context("--base-port leaves no room for three ports")?;
+    let peers = ports
+        .iter()
+        .enumerate()
+        .map(|(i, port)| format!("{}=127.0.0.1:{port}", i + 1))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut children = Vec::new();
+    for (i, port) in ports.iter().enumerate() {
+        let id = i + 1;
+        let data_dir = args.data_dir.join(format!("node-{id}"));
+        std::fs::create_dir_all(&data_dir)
+            .with_context(|| format!("cannot create {}", data_dir.display()))?;
+        let child = tokio::process::Command::new(&exe)
+            .arg("serve")
+            .args(["--node-id", &id.to_string()])
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .args(["--az", ["az-a", "az-b", "az-c"][i]])
+            .args(["--peers", &peers])
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("cannot start node {id}"))?;
+        eprintln!(
+            "node {id} (az-{}) on 127.0.0.1:{port}, data in {}, pid {}",
+            ["a", "b", "c"][i],
+            data_dir.display(),
+            child.id().unwrap_or(0)
+        );
+        children.push((id, child));
+    }
+    eprintln!(
+        "cluster: trib --endpoint http://127.0.0.1:{} cluster status   (Ctrl-C stops all three)",
+        ports[0]
+    );
+    let mut exits = futures::stream::FuturesUnordered::new();
+    let pids: Vec<(usize, u32)> = children
+        .iter()
+        .map(|(id, child)| (*id, child.id().unwrap_or(0)))
+        .collect();
+    for (id, mut child) in children {
+        exits.push(async move { (id, child.wait().await) });
+    }
+    use futures::StreamExt;
+    tokio::select! {
+        _ = shutdown_signal() => {}
+        Some((id, status)) = exits.next() => {
+            eprintln!("node {id} exited ({status:?}); stopping the others");
+        }
+    }
+    for (_, pid) in &pids {
+        terminate(*pid);
+    }
+    let all = async { while exits.next().await.is_some() {} };
+    if tokio::time::timeout(std::time::Duration::from_secs(15), all)
+        .await
+        .is_err()
+    {
+        eprintln!("nodes did not stop within 15 s; killing them");
+    }
+    Ok(())
+}
+
+/// Sends SIGTERM to one child by pid (never by name).
+fn terminate(pid: u32) {
+    if pid == 0 {
+        return;
+    }
+    #[allow(unsafe_code)]
+    // SAFETY: kill(2) with a pid we spawned and a valid signal number has no memory effects.
+    unsafe {
+        libc::kill(pid as libc::pid_t, libc::SIGTERM);
+    }
 }

@@ -1,28 +1,33 @@
 //! A node: the metadata group, the shard groups the metadata says should exist, and the
-//! reconciler that starts and stops shard groups as streams come and go.
+//! reconciler that starts and stops shard groups as streams come and go, forwarding to
+//! group leaders, and the balancer that spreads shard leaderships over the nodes.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use futures::future::join_all;
 use openraft::error::{ClientWriteError, RaftError};
-use openraft::BasicNode;
 use rand::RngCore;
 use tokio::sync::watch;
 
 use crate::clock::now_ms;
 use crate::config::NodeConfig;
 use crate::error::ApiError;
+use crate::identity::Identity;
 use crate::iterator::IteratorCodec;
 use crate::metadata::{MetadataCommand, MetadataState, StreamStatus};
+use crate::peers::Peers;
 use crate::raft::flusher::Flusher;
 use crate::raft::log_store::GroupLogStore;
 use crate::raft::meta_store::MetaStore;
-use crate::raft::network::LocalOnlyNetwork;
+use crate::raft::network::PeerNetwork;
 use crate::raft::state_machine::{GroupStateMachine, MetadataShared, ShardTip};
 use crate::raft::{
-    raft_config, Command, CommandResponse, GroupId, Raft, RecordBatch, METADATA_GROUP,
+    raft_config, Command, CommandResponse, GroupId, Member, Members, Raft, RecordBatch,
+    METADATA_GROUP,
 };
 
 /// A running shard group.
@@ -44,15 +49,23 @@ pub struct ShardGroup {
 /// A running node.
 pub struct Node {
     config: NodeConfig,
+    identity: Identity,
+    peers: Arc<Peers>,
     meta_store: Arc<MetaStore>,
     flusher: Flusher,
     metadata: Arc<MetadataShared>,
     metadata_raft: Raft,
+    /// The metadata log was empty when the node opened it: bootstrap or join.
+    metadata_fresh: bool,
     shards: RwLock<HashMap<GroupId, Arc<ShardGroup>>>,
     /// Shard groups that could not start, with the error readers and writers get instead.
     /// A group whose data failed its checksum stays here until an operator acts.
     failed: RwLock<HashMap<GroupId, ApiError>>,
     iterators: RwLock<Option<IteratorCodec>>,
+    /// Serving client requests (the metadata group caught up and shard groups started).
+    ready: AtomicBool,
+    /// Shutting down: leaderships are being handed to peers.
+    draining: AtomicBool,
 }
 
 fn groups_dir(config: &NodeConfig) -> PathBuf {
@@ -75,10 +88,18 @@ fn io(err: impl std::fmt::Display) -> anyhow::Error {
     anyhow::anyhow!("{err}")
 }
 
+/// What a write attempted on this node's replica of a group came to.
+enum LocalWrite<T> {
+    Done(T),
+    /// This replica does not lead the group (the leader, if known).
+    NotLeader(Option<u64>),
+}
+
 impl Node {
-    /// Opens the data directory, starts the metadata group and waits until this node leads
-    /// it and has replayed every committed metadata command, then starts the shard groups.
-    pub async fn start(config: NodeConfig) -> anyhow::Result<Arc<Node>> {
+    /// Opens the data directory and creates the metadata group (not yet bootstrapped or
+    /// caught up: see `start`). The node can answer peers from here on, which a cluster
+    /// that bootstraps needs.
+    pub async fn open(config: NodeConfig) -> anyhow::Result<Arc<Node>> {
         std::fs::create_dir_all(groups_dir(&config)).map_err(|e| {
             anyhow::anyhow!("cannot create data dir {}: {e}", config.data_dir.display())
         })?;
@@ -94,50 +115,270 @@ impl Node {
             flusher.clone(),
         )?;
         tracing::info!(?report, "metadata log opened");
-        let fresh = !log.has_state();
+        let metadata_fresh = !log.has_state();
+        let identity = Identity::load_or_create(&config.data_dir, config.node_id, !metadata_fresh)?;
+        let mut addresses = config.peer_map()?;
+        addresses.insert(config.node_id, config.advertised_address());
+        let peers = Peers::new(config.node_id, addresses);
         let sm = GroupStateMachine::metadata(METADATA_GROUP, meta_store.clone(), metadata.clone());
         let metadata_raft = Raft::new(
             config.node_id,
             raft_config(&config, METADATA_GROUP)?,
-            LocalOnlyNetwork,
+            PeerNetwork::new(peers.clone(), METADATA_GROUP, config.node_id),
             log,
             sm,
         )
         .await
         .map_err(io)?;
-        if fresh {
-            metadata_raft
-                .initialize(Self::members(&config))
-                .await
-                .map_err(io)?;
-            tracing::info!(
-                node_id = config.node_id,
-                "initialized a new single-node cluster"
-            );
-        }
-
-        let node = Arc::new(Node {
+        Ok(Arc::new(Node {
             config,
+            identity,
+            peers,
             meta_store,
             flusher,
             metadata,
             metadata_raft,
+            metadata_fresh,
             shards: RwLock::new(HashMap::new()),
             failed: RwLock::new(HashMap::new()),
             iterators: RwLock::new(None),
-        });
-        node.wait_metadata_caught_up().await?;
-        if node.metadata.read().iterator_key.is_none() {
+            ready: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
+        }))
+    }
+
+    /// Bootstraps or joins the cluster, waits until this node has replayed every committed
+    /// metadata command, starts the shard groups and the background loops, then reports
+    /// ready.
+    pub async fn start(self: &Arc<Self>) -> anyhow::Result<()> {
+        if !self.peers.others().is_empty() {
+            tokio::spawn(self.peers.clone().probe_loop());
+        }
+        if self.metadata_fresh {
+            self.bootstrap().await?;
+        }
+        self.wait_metadata_caught_up().await;
+        if self.metadata.read().iterator_key.is_none() {
             let mut key = vec![0u8; 32];
             rand::rng().fill_bytes(&mut key);
-            node.propose_metadata(MetadataCommand::InitCluster { iterator_key: key })
-                .await?;
+            // Every node may try; the first applied wins and the rest change nothing.
+            self.propose_metadata(MetadataCommand::InitCluster { iterator_key: key })
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot initialize the cluster key: {e}"))?;
         }
-        node.remove_orphan_groups();
-        node.reconcile().await;
-        node.wait_shard_leaders(Duration::from_secs(30)).await;
-        tokio::spawn(Self::reconcile_loop(node.clone()));
-        Ok(node)
+        self.remove_orphan_groups();
+        self.reconcile().await;
+        self.wait_shard_leaders(Duration::from_secs(10)).await;
+        tokio::spawn(Self::reconcile_loop(self.clone()));
+        tokio::spawn(Self::rebalance_loop(self.clone()));
+        self.ready.store(true, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// A fresh metadata log: form a new cluster, or join one that already exists.
+    ///
+    /// A new cluster is formed exactly once: by the lowest node id, once every configured
+    /// node has answered and none holds state; it initializes membership with every node's
+    /// incarnation. The other nodes wait to be contacted. A node whose data dir was wiped
+    /// finds the cluster already holding state and a different incarnation recorded for
+    /// itself: it refuses to take part until an operator replaces it.
+    async fn bootstrap(&self) -> anyhow::Result<()> {
+        let me = self.config.node_id;
+        let others = self.peers.others();
+        if others.is_empty() {
+            self.metadata_raft
+                .initialize(self.single_member())
+                .await
+                .map_err(io)?;
+            tracing::info!(node_id = me, "initialized a new single-node cluster");
+            return Ok(());
+        }
+        let mut last_log = std::time::Instant::now() - Duration::from_secs(60);
+        loop {
+            let answers = join_all(others.iter().map(|id| async move {
+                (*id, self.peers.node_info(*id, Duration::from_secs(1)).await)
+            }))
+            .await;
+            let loud = last_log.elapsed() >= Duration::from_secs(10);
+            if let Some((peer, info)) = answers
+                .iter()
+                .find_map(|(id, info)| info.as_ref().filter(|i| i.has_state).map(|i| (*id, i)))
+            {
+                match info.member_incarnations.get(&me) {
+                    Some(incarnation) if self.identity.accepts(*incarnation) => {
+                        tracing::info!(node_id = me, peer, "joining the existing cluster");
+                        return Ok(());
+                    }
+                    recorded => {
+                        if loud {
+                            last_log = std::time::Instant::now();
+                            tracing::error!(
+                                "node {me} has an empty data dir ({}) but the cluster already holds data \
+                                 (node {peer} knows node {me} as incarnation {recorded:?}, this directory is {:x}). \
+                                 It will not rejoin as if it still had its log: that could lose acknowledged writes. \
+                                 Replace it from a running node: trib --endpoint http://{} cluster replace-node {me}",
+                                self.config.data_dir.display(),
+                                self.identity.incarnation,
+                                self.peers.address(peer).unwrap_or_default(),
+                            );
+                        }
+                    }
+                }
+            } else if answers.iter().all(|(_, info)| info.is_some()) {
+                let lowest = others.iter().copied().chain([me]).min().unwrap_or(me);
+                if lowest == me {
+                    let mut members = Members::new();
+                    members.insert(
+                        me,
+                        Member {
+                            addr: self.config.advertised_address(),
+                            incarnation: self.identity.incarnation,
+                        },
+                    );
+                    for (id, info) in &answers {
+                        let info = info.as_ref().expect("all answered");
+                        members.insert(
+                            *id,
+                            Member {
+                                addr: self.peers.address(*id).unwrap_or_default(),
+                                incarnation: info.incarnation,
+                            },
+                        );
+                    }
+                    self.metadata_raft.initialize(members).await.map_err(io)?;
+                    tracing::info!(node_id = me, nodes = ?self.peers.addresses(), "bootstrapped a new cluster");
+                    return Ok(());
+                }
+                if loud {
+                    last_log = std::time::Instant::now();
+                    tracing::info!(
+                        node_id = me,
+                        "waiting for node {lowest} to bootstrap the cluster"
+                    );
+                }
+            } else if loud {
+                last_log = std::time::Instant::now();
+                let missing: Vec<u64> = answers
+                    .iter()
+                    .filter(|(_, info)| info.is_none())
+                    .map(|(id, _)| *id)
+                    .collect();
+                tracing::info!(
+                    node_id = me,
+                    ?missing,
+                    "waiting for peers to answer before forming the cluster"
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+
+    fn single_member(&self) -> Members {
+        Members::from([(
+            self.config.node_id,
+            Member {
+                addr: self.config.advertised_address(),
+                incarnation: self.identity.incarnation,
+            },
+        )])
+    }
+
+    /// This node's identity (id and data-dir incarnation).
+    pub fn identity(&self) -> Identity {
+        self.identity
+    }
+
+    /// The other nodes.
+    pub fn peers(&self) -> &Arc<Peers> {
+        &self.peers
+    }
+
+    /// Serving client requests.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::SeqCst) && !self.is_draining()
+    }
+
+    /// Client services answer (the node started; while draining it still forwards).
+    pub fn accepts_clients(&self) -> bool {
+        self.ready.load(Ordering::SeqCst)
+    }
+
+    /// Handing leaderships away before shutdown.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
+    /// The raft handle of a group running on this node.
+    pub fn raft_for(&self, group: GroupId) -> Option<Raft> {
+        if group == METADATA_GROUP {
+            return Some(self.metadata_raft.clone());
+        }
+        self.shard_group(group).map(|g| g.raft.clone())
+    }
+
+    /// The metadata group's members (node id -> address and incarnation).
+    pub fn members(&self) -> Members {
+        let metrics = self.metadata_raft.metrics();
+        let metrics = openraft::async_runtime::WatchReceiver::borrow_watched(&metrics);
+        metrics
+            .membership_config
+            .membership()
+            .nodes()
+            .map(|(id, node)| (*id, node.clone()))
+            .collect()
+    }
+
+    /// The metadata group's voters.
+    fn voters(&self) -> Members {
+        let metrics = self.metadata_raft.metrics();
+        let metrics = openraft::async_runtime::WatchReceiver::borrow_watched(&metrics);
+        let membership = metrics.membership_config.membership();
+        membership
+            .voter_ids()
+            .filter_map(|id| membership.get_node(&id).map(|n| (id, n.clone())))
+            .collect()
+    }
+
+    /// What this node tells its peers about itself.
+    pub fn node_info(&self) -> tributary_proto::v1::NodeInfoReply {
+        let (role, members) = {
+            let metrics = self.metadata_raft.metrics();
+            let metrics = openraft::async_runtime::WatchReceiver::borrow_watched(&metrics);
+            let members: HashMap<u64, u64> = metrics
+                .membership_config
+                .membership()
+                .nodes()
+                .map(|(id, node)| (*id, node.incarnation))
+                .collect();
+            (role_name(metrics.state), members)
+        };
+        let (replicas, leaders) = self.shard_counts();
+        tributary_proto::v1::NodeInfoReply {
+            node_id: self.config.node_id,
+            incarnation: self.identity.incarnation,
+            az: self.config.az.clone(),
+            has_state: !members.is_empty(),
+            member_incarnations: members,
+            metadata_role: if self.ready.load(Ordering::SeqCst) {
+                role.into()
+            } else {
+                "starting".into()
+            },
+            draining: self.is_draining(),
+            shard_replicas: replicas,
+            shard_leaders: leaders,
+            ready: self.is_ready(),
+        }
+    }
+
+    /// Shard groups hosted here and how many this node leads.
+    pub fn shard_counts(&self) -> (u32, u32) {
+        let groups = self.shard_groups();
+        let leaders = groups
+            .iter()
+            .filter(|g| leader_of(&g.raft) == Some(self.config.node_id))
+            .count();
+        (groups.len() as u32, leaders as u32)
     }
 
     /// Waits (bounded) until every shard group has a leader, so a node that reports ready
@@ -158,30 +399,36 @@ impl Node {
         }
     }
 
-    fn members(config: &NodeConfig) -> BTreeMap<u64, BasicNode> {
-        BTreeMap::from([(config.node_id, BasicNode::new(config.listen.to_string()))])
-    }
-
     /// This node's configuration.
     pub fn config(&self) -> &NodeConfig {
         &self.config
     }
 
-    async fn wait_metadata_caught_up(&self) -> anyhow::Result<()> {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    /// Waits until this replica has applied everything the metadata group committed
+    /// before now. Without a quorum this waits (and says so) rather than serve stale streams.
+    async fn wait_metadata_caught_up(&self) {
+        let mut last_log = std::time::Instant::now();
         loop {
-            match self
-                .metadata_raft
-                .ensure_linearizable(openraft::ReadPolicy::ReadIndex)
-                .await
-            {
-                Ok(_) => return Ok(()),
-                Err(err) if tokio::time::Instant::now() < deadline => {
-                    tracing::debug!(%err, "waiting for the metadata group");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+            match self.read_index(&self.metadata_raft, METADATA_GROUP).await {
+                Ok(index) => {
+                    if self
+                        .metadata_raft
+                        .wait(Some(Duration::from_secs(5)))
+                        .applied_index_at_least(Some(index), "metadata caught up")
+                        .await
+                        .is_ok()
+                    {
+                        return;
+                    }
                 }
                 Err(err) => {
-                    anyhow::bail!("the metadata group did not become ready within 60 s: {err}")
+                    if last_log.elapsed() >= Duration::from_secs(10) {
+                        last_log = std::time::Instant::now();
+                        tracing::warn!(%err.message, "waiting for the metadata group (a majority of nodes must be up)");
+                    } else {
+                        tracing::debug!(%err.message, "waiting for the metadata group");
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             }
         }
@@ -259,29 +506,294 @@ impl Node {
         Ok(codec)
     }
 
-    /// Proposes a metadata command and waits until it is applied.
+    /// Waits (bounded by a few election timeouts) until a group has a leader.
+    async fn wait_leader(&self, raft: &Raft) -> Result<u64, ApiError> {
+        let limit = Duration::from_millis(self.config.election_timeout_max_ms * 3);
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            if let Some(leader) = leader_of(raft) {
+                return Ok(leader);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ApiError::unavailable(format!(
+                    "no leader was elected within {} ms (is a majority of nodes up?); retry",
+                    limit.as_millis()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Proposes a metadata command and waits until it is applied; a node that does not
+    /// lead the metadata group forwards it to the one that does.
     pub async fn propose_metadata(&self, command: MetadataCommand) -> Result<(), ApiError> {
-        let response = self
+        let deadline = self.leader_change_deadline();
+        loop {
+            let leader = self.wait_leader(&self.metadata_raft).await?;
+            let outcome = if leader != self.config.node_id {
+                self.forward_metadata(leader, &command).await?
+            } else {
+                self.propose_metadata_local(command.clone()).await?
+            };
+            let LocalWrite::Done(index) = outcome else {
+                self.pause_for_leader_change(deadline, || {
+                    "the metadata group's leadership kept changing".to_string()
+                })
+                .await?;
+                continue;
+            };
+            // Read your writes: this replica shows the change before the caller hears back.
+            let _ = self
+                .metadata_raft
+                .wait(Some(Duration::from_secs(5)))
+                .applied_index_at_least(Some(index), "metadata command applied here")
+                .await;
+            return Ok(());
+        }
+    }
+
+    /// Proposes on this replica only (a forwarded command is never forwarded again);
+    /// returns the command's log index.
+    async fn propose_metadata_local(
+        &self,
+        command: MetadataCommand,
+    ) -> Result<LocalWrite<u64>, ApiError> {
+        let response = match self
             .metadata_raft
             .client_write(Command::Metadata(command))
             .await
-            .map_err(write_error)?;
+        {
+            Ok(response) => response,
+            Err(err) => return write_error(err),
+        };
+        let index = response.log_id.index;
         match response.data {
-            CommandResponse::Metadata(outcome) => outcome.into_result(),
+            CommandResponse::Metadata(outcome) => {
+                outcome.into_result().map(|()| LocalWrite::Done(index))
+            }
             CommandResponse::Applied => {
                 Err(ApiError::internal("metadata command produced no outcome"))
             }
         }
     }
 
-    /// Appends a batch to a shard; returns the raft log index once a majority has it on disk.
+    /// Runs a forwarded metadata command here; the peer service calls this.
+    pub async fn forwarded_metadata(&self, command: MetadataCommand) -> Result<u64, ApiError> {
+        match self.propose_metadata_local(command).await? {
+            LocalWrite::Done(index) => Ok(index),
+            LocalWrite::NotLeader(leader) => Err(not_leader(leader)),
+        }
+    }
+
+    async fn forward_metadata(
+        &self,
+        leader: u64,
+        command: &MetadataCommand,
+    ) -> Result<LocalWrite<u64>, ApiError> {
+        let command = bincode::serialize(command)
+            .map_err(|e| ApiError::internal(format!("cannot encode a metadata command: {e}")))?;
+        let mut client = self.peer_client(leader)?;
+        let mut request = tonic::Request::new(tributary_proto::v1::ForwardMetadataRequest {
+            command: command.into(),
+        });
+        request.set_timeout(Duration::from_secs(30));
+        forward_outcome(leader, client.forward_metadata(request).await)
+    }
+
+    fn peer_client(
+        &self,
+        node: u64,
+    ) -> Result<
+        tributary_proto::v1::peer_service_client::PeerServiceClient<tonic::transport::Channel>,
+        ApiError,
+    > {
+        if let Some(client) = self.peers.client_for(node) {
+            return Ok(client);
+        }
+        match self.members().get(&node) {
+            Some(member) => Ok(self.peers.client(&member.addr)),
+            None => Err(ApiError::unavailable(format!(
+                "the leader is node {node}, whose address this node does not know; retry"
+            ))),
+        }
+    }
+
+    /// Appends a batch to a shard; returns the raft log index once a majority has it on
+    /// disk. A node that does not lead the shard forwards the batch to the one that does.
+    /// If the forward fails in flight, the outcome is unknown and the caller gets a
+    /// retryable error (a retry may then store the batch twice: at-least-once, as Kinesis).
     pub async fn append(&self, group: &ShardGroup, batch: RecordBatch) -> Result<u64, ApiError> {
-        let response = group
-            .raft
-            .client_write(Command::Append(batch))
+        let deadline = self.leader_change_deadline();
+        loop {
+            let leader = self.wait_leader(&group.raft).await?;
+            let outcome = if leader != self.config.node_id {
+                self.forward_append(leader, group.group_id, &batch).await?
+            } else {
+                self.append_local(group, batch.clone()).await?
+            };
+            match outcome {
+                LocalWrite::Done(index) => return Ok(index),
+                LocalWrite::NotLeader(_) => {
+                    self.pause_for_leader_change(deadline, || {
+                        format!(
+                            "shard {}'s leadership kept changing",
+                            crate::metadata::shard_id(group.shard_index)
+                        )
+                    })
+                    .await?
+                }
+            }
+        }
+    }
+
+    /// How long a request keeps following a leadership change before it gives up.
+    fn leader_change_deadline(&self) -> tokio::time::Instant {
+        tokio::time::Instant::now() + Duration::from_millis(self.config.election_timeout_max_ms * 3)
+    }
+
+    /// Sleeps briefly before a retry with the next leader, or fails past the deadline.
+    async fn pause_for_leader_change(
+        &self,
+        deadline: tokio::time::Instant,
+        what: impl FnOnce() -> String,
+    ) -> Result<(), ApiError> {
+        if tokio::time::Instant::now() >= deadline {
+            return Err(ApiError::unavailable(format!("{}; retry", what())));
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+        Ok(())
+    }
+
+    async fn append_local(
+        &self,
+        group: &ShardGroup,
+        batch: RecordBatch,
+    ) -> Result<LocalWrite<u64>, ApiError> {
+        match group.raft.client_write(Command::Append(batch)).await {
+            Ok(response) => Ok(LocalWrite::Done(response.log_id.index)),
+            Err(err) => write_error(err),
+        }
+    }
+
+    /// Appends a forwarded batch here; the peer service calls this.
+    pub async fn forwarded_append(
+        &self,
+        group: GroupId,
+        batch: RecordBatch,
+    ) -> Result<u64, ApiError> {
+        let shard = self.shard_group(group).ok_or_else(|| {
+            ApiError::unavailable(format!(
+                "shard group {group} is not running on this node; retry"
+            ))
+        })?;
+        match self.append_local(&shard, batch).await? {
+            LocalWrite::Done(index) => Ok(index),
+            LocalWrite::NotLeader(leader) => Err(not_leader(leader)),
+        }
+    }
+
+    async fn forward_append(
+        &self,
+        leader: u64,
+        group: GroupId,
+        batch: &RecordBatch,
+    ) -> Result<LocalWrite<u64>, ApiError> {
+        let encoded = bincode::serialize(batch)
+            .map_err(|e| ApiError::internal(format!("cannot encode a record batch: {e}")))?;
+        let mut client = self.peer_client(leader)?;
+        let mut request = tonic::Request::new(tributary_proto::v1::ForwardAppendRequest {
+            group_id: group,
+            batch: encoded.into(),
+        });
+        request.set_timeout(Duration::from_secs(30));
+        forward_outcome(leader, client.forward_append(request).await)
+    }
+
+    /// The index up to which a read of `raft`'s group must have applied to be linearizable:
+    /// the leader confirms it still leads (a lease, else a heartbeat round to a majority),
+    /// so a deposed leader that was paused never serves its stale tip as current.
+    pub async fn read_index(&self, raft: &Raft, group: GroupId) -> Result<u64, ApiError> {
+        let deadline = self.leader_change_deadline();
+        loop {
+            let leader = self.wait_leader(raft).await?;
+            let outcome = if leader == self.config.node_id {
+                self.read_index_local(raft).await?
+            } else {
+                self.forward_read_index(leader, group).await?
+            };
+            match outcome {
+                LocalWrite::Done(index) => return Ok(index),
+                LocalWrite::NotLeader(_) => {
+                    self.pause_for_leader_change(deadline, || {
+                        format!("group {group}'s leadership kept changing")
+                    })
+                    .await?
+                }
+            }
+        }
+    }
+
+    async fn read_index_local(&self, raft: &Raft) -> Result<LocalWrite<u64>, ApiError> {
+        use openraft::error::LinearizableReadError;
+        match raft
+            .ensure_linearizable(openraft::LinearizerOption::new(None, true))
             .await
-            .map_err(write_error)?;
-        Ok(response.log_id.index)
+        {
+            Ok(read) => Ok(LocalWrite::Done(read.index())),
+            Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f))) => {
+                Ok(LocalWrite::NotLeader(f.leader_id))
+            }
+            Err(RaftError::APIError(LinearizableReadError::QuorumNotEnough(q))) => {
+                Err(ApiError::unavailable(format!(
+                    "a majority of replicas is not reachable ({q}); retry"
+                )))
+            }
+            Err(RaftError::Fatal(fatal)) => {
+                Err(ApiError::internal(format!("raft group stopped: {fatal}")))
+            }
+        }
+    }
+
+    /// The read index of a group this node leads; the peer service calls this.
+    pub async fn forwarded_read_index(&self, group: GroupId) -> Result<u64, ApiError> {
+        let raft = self.raft_for(group).ok_or_else(|| {
+            ApiError::unavailable(format!("group {group} is not running on this node; retry"))
+        })?;
+        match self.read_index_local(&raft).await? {
+            LocalWrite::Done(index) => Ok(index),
+            LocalWrite::NotLeader(leader) => Err(not_leader(leader)),
+        }
+    }
+
+    async fn forward_read_index(
+        &self,
+        leader: u64,
+        group: GroupId,
+    ) -> Result<LocalWrite<u64>, ApiError> {
+        let mut client = self.peer_client(leader)?;
+        let mut request =
+            tonic::Request::new(tributary_proto::v1::ReadIndexRequest { group_id: group });
+        request.set_timeout(Duration::from_secs(5));
+        forward_outcome(leader, client.read_index(request).await)
+    }
+
+    /// Makes this replica of a shard current before a read: waits until it has applied
+    /// the leader's read index (bounded), so what it serves as the tip is not stale.
+    pub async fn catch_up_reads(&self, group: &ShardGroup) -> Result<(), ApiError> {
+        let index = self.read_index(&group.raft, group.group_id).await?;
+        let mut tip = group.tip.clone();
+        let waited = tokio::time::timeout(Duration::from_secs(5), async {
+            tip.wait_for(|t| t.applied_index >= index).await.map(|_| ())
+        })
+        .await;
+        match waited {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(ApiError::unavailable("the shard group stopped; retry")),
+            Err(_) => Err(ApiError::unavailable(format!(
+                "this replica of shard {} is behind its leader; retry",
+                crate::metadata::shard_id(group.shard_index)
+            ))),
+        }
     }
 
     async fn reconcile_loop(node: Arc<Node>) {
@@ -333,6 +845,7 @@ impl Node {
         {
             self.stop_group(*group).await;
         }
+        let creating_ids: Vec<u64> = creating.iter().map(|(id, _)| *id).collect();
         for (group, (stream_id, shard_index)) in &desired {
             let corrupt = self
                 .failed
@@ -343,7 +856,15 @@ impl Node {
             if running.contains(group) || corrupt {
                 continue;
             }
-            match self.start_group(*group, *stream_id, *shard_index).await {
+            match self
+                .start_group(
+                    *group,
+                    *stream_id,
+                    *shard_index,
+                    creating_ids.contains(stream_id),
+                )
+                .await
+            {
                 Ok(()) => {
                     self.failed
                         .write()
@@ -370,13 +891,18 @@ impl Node {
                 }
             }
         }
+        // Only the metadata leader marks streams ACTIVE (the others would only forward).
+        let creating = if leader_of(&self.metadata_raft) == Some(self.config.node_id) {
+            creating
+        } else {
+            Vec::new()
+        };
         for (stream_id, groups) in creating {
             let mut all_led = true;
             for group in &groups {
-                let led = match self.shard_group(*group) {
-                    Some(g) => g.raft.current_leader().await.is_some(),
-                    None => false,
-                };
+                let led = self
+                    .shard_group(*group)
+                    .is_some_and(|g| leader_of(&g.raft).is_some());
                 all_led &= led;
             }
             if all_led {
@@ -395,6 +921,7 @@ impl Node {
         group: GroupId,
         stream_id: u64,
         shard_index: u32,
+        stream_creating: bool,
     ) -> anyhow::Result<()> {
         let dir = group_dir(&self.config, group);
         let (log, report) = GroupLogStore::open(
@@ -410,16 +937,18 @@ impl Node {
         let raft = Raft::new(
             self.config.node_id,
             raft_config(&self.config, group)?,
-            LocalOnlyNetwork,
+            PeerNetwork::new(self.peers.clone(), group, self.config.node_id),
             log.clone(),
             sm,
         )
         .await
         .map_err(io)?;
-        if fresh {
-            raft.initialize(Self::members(&self.config))
-                .await
-                .map_err(io)?;
+        // A new shard gets one replica on every voter of the cluster, each initialized with
+        // the same membership (openraft allows that). A replica created later (this node
+        // was down while the stream was created, or was replaced) starts empty and
+        // uninitialized: it cannot start an election, and its leader fills it in.
+        if fresh && stream_creating {
+            raft.initialize(self.voters()).await.map_err(io)?;
         }
         let shard = Arc::new(ShardGroup {
             group_id: group,
@@ -490,6 +1019,212 @@ impl Node {
         }
     }
 
+    /// Moves shard leaderships to their preferred nodes, a few at a time, so leaders
+    /// spread evenly over the nodes that are up and re-spread when a node returns.
+    ///
+    /// The preferred leader of a group is its `group_id mod voters`-th voter: group ids are
+    /// allocated in sequence, so every node prefers an equal share. Only the current leader
+    /// acts, only toward a peer that is up, serving and caught up with the leader's log.
+    async fn rebalance_loop(node: Arc<Node>) {
+        const MOVES_PER_ROUND: usize = 16;
+        let interval = Duration::from_millis(node.config.rebalance_interval_ms);
+        loop {
+            tokio::time::sleep(interval).await;
+            if node.is_draining() || node.peers.others().is_empty() {
+                continue;
+            }
+            let me = node.config.node_id;
+            let mut moved = 0;
+            for group in node.shard_groups() {
+                if moved >= MOVES_PER_ROUND {
+                    break;
+                }
+                let target = {
+                    let metrics = group.raft.metrics();
+                    let metrics = openraft::async_runtime::WatchReceiver::borrow_watched(&metrics);
+                    if metrics.current_leader != Some(me) {
+                        continue;
+                    }
+                    let voters: Vec<u64> =
+                        metrics.membership_config.membership().voter_ids().collect();
+                    if voters.len() < 2 {
+                        continue;
+                    }
+                    let preferred = voters[(group.group_id as usize) % voters.len()];
+                    let caught_up = metrics
+                        .replication
+                        .as_ref()
+                        .and_then(|r| r.get(&preferred).cloned().flatten())
+                        .map(|id| id.index)
+                        >= metrics.last_log_index;
+                    (preferred != me && caught_up).then_some(preferred)
+                };
+                let Some(target) = target else { continue };
+                if !node.peers.can_lead(target) {
+                    continue;
+                }
+                tracing::debug!(
+                    group = group.group_id,
+                    target,
+                    "moving shard leadership to its preferred node"
+                );
+                if group.raft.trigger().transfer_leader(target).await.is_ok() {
+                    moved += 1;
+                }
+            }
+        }
+    }
+
+    /// Hands every leadership this node holds to a peer that can take it, and waits
+    /// (bounded) until they moved, so a node stopped for a rolling restart takes no write
+    /// down with it. Called on SIGTERM, before the listener closes.
+    pub async fn drain(&self, limit: Duration) {
+        self.draining.store(true, Ordering::SeqCst);
+        if self.peers.others().is_empty() {
+            return;
+        }
+        let me = self.config.node_id;
+        let deadline = tokio::time::Instant::now() + limit;
+        let mut rafts: Vec<Raft> = self.shard_groups().iter().map(|g| g.raft.clone()).collect();
+        rafts.push(self.metadata_raft.clone());
+        loop {
+            let led: Vec<&Raft> = rafts.iter().filter(|r| leader_of(r) == Some(me)).collect();
+            if led.is_empty() {
+                tracing::info!("handed every leadership to peers");
+                return;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!(
+                    still_leading = led.len(),
+                    "could not hand every leadership away before shutdown"
+                );
+                return;
+            }
+            for raft in led {
+                let target = {
+                    let metrics = raft.metrics();
+                    let metrics = openraft::async_runtime::WatchReceiver::borrow_watched(&metrics);
+                    let last = metrics.last_log_index;
+                    let replication = metrics.replication.clone().unwrap_or_default();
+                    let voters: Vec<u64> =
+                        metrics.membership_config.membership().voter_ids().collect();
+                    voters
+                        .into_iter()
+                        .filter(|id| *id != me && self.peers.can_lead(*id))
+                        .max_by_key(|id| {
+                            (
+                                replication.get(id).cloned().flatten().map(|l| l.index) >= last,
+                                *id,
+                            )
+                        })
+                };
+                if let Some(target) = target {
+                    let _ = raft.trigger().transfer_leader(target).await;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Replaces a node whose data dir was lost: in every group (metadata first), removes
+    /// its old incarnation as a voter, adds the new one as a learner, waits until it caught
+    /// up, then makes it a voter again. Until then it never counts toward a quorum.
+    /// Returns how many groups were changed.
+    pub async fn replace_node(&self, node_id: u64) -> Result<u32, ApiError> {
+        let old = self.members().get(&node_id).cloned().ok_or_else(|| {
+            ApiError::not_found(format!("node {node_id} is not a member of this cluster"))
+        })?;
+        let info = self
+            .peers
+            .node_info(node_id, Duration::from_secs(2))
+            .await
+            .ok_or_else(|| {
+                ApiError::unavailable(format!(
+                    "node {node_id} does not answer; start it (with its empty data dir) first, then retry"
+                ))
+            })?;
+        if old.incarnation != 0 && old.incarnation == info.incarnation {
+            return Err(ApiError::invalid(format!(
+                "node {node_id} still has its data (incarnation {:x}); replace-node is only for a node whose data dir was lost",
+                info.incarnation
+            )));
+        }
+        let addr = old.addr.clone();
+        let mut groups = vec![METADATA_GROUP];
+        groups.extend(self.metadata.read().shard_groups().map(|(_, s)| s.group_id));
+        let mut changed = 0;
+        for group in groups {
+            let raft = match self.raft_for(group) {
+                Some(raft) => raft,
+                None => continue,
+            };
+            let leader = self.wait_leader(&raft).await?;
+            if leader == self.config.node_id {
+                self.replace_member_local(group, node_id, addr.clone(), info.incarnation)
+                    .await?;
+            } else {
+                let mut client = self.peer_client(leader)?;
+                let mut request = tonic::Request::new(tributary_proto::v1::ReplaceMemberRequest {
+                    group_id: group,
+                    node_id,
+                    address: addr.clone(),
+                    incarnation: info.incarnation,
+                });
+                request.set_timeout(Duration::from_secs(600));
+                forward_result(leader, client.replace_member(request).await)?;
+            }
+            tracing::info!(group, node_id, "replaced the node's replica");
+            changed += 1;
+        }
+        Ok(changed)
+    }
+
+    /// One group's part of `replace_node`, on its leader; the peer service calls this.
+    pub async fn replace_member_local(
+        &self,
+        group: GroupId,
+        node_id: u64,
+        addr: String,
+        incarnation: u64,
+    ) -> Result<(), ApiError> {
+        use openraft::ChangeMembers;
+        let raft = self.raft_for(group).ok_or_else(|| {
+            ApiError::unavailable(format!("group {group} is not running on this node; retry"))
+        })?;
+        let leader = leader_of(&raft);
+        if leader != Some(self.config.node_id) {
+            return Err(not_leader(leader));
+        }
+        let change_error = |err| match write_error::<()>(err) {
+            Ok(_) => not_leader(None),
+            Err(err) => err,
+        };
+        let current = {
+            let metrics = raft.metrics();
+            let metrics = openraft::async_runtime::WatchReceiver::borrow_watched(&metrics);
+            let membership = metrics.membership_config.membership();
+            let is_voter = membership.voter_ids().any(|id| id == node_id);
+            let node = membership.get_node(&node_id).cloned();
+            (is_voter, node)
+        };
+        let member = Member { addr, incarnation };
+        if current == (true, Some(member.clone())) {
+            return Ok(()); // already done (a retried replace)
+        }
+        if current.1.is_some() {
+            raft.change_membership(ChangeMembers::RemoveVoters([node_id].into()), false)
+                .await
+                .map_err(change_error)?;
+        }
+        raft.add_learner(node_id, member, true)
+            .await
+            .map_err(change_error)?;
+        raft.change_membership(ChangeMembers::AddVoterIds([node_id].into()), false)
+            .await
+            .map_err(change_error)?;
+        Ok(())
+    }
+
     /// Stops every group (for tests and orderly shutdown).
     pub async fn shutdown(&self) {
         for shard in self.shard_groups() {
@@ -511,19 +1246,86 @@ fn remove_dir_if_present(dir: &Path) -> std::io::Result<()> {
     }
 }
 
-fn write_error(
+/// The leader a group's replica currently knows of.
+pub fn leader_of(raft: &Raft) -> Option<u64> {
+    let metrics = raft.metrics();
+    let leader = openraft::async_runtime::WatchReceiver::borrow_watched(&metrics).current_leader;
+    leader
+}
+
+/// A raft role as `trib cluster status` names it.
+pub fn role_name(state: openraft::ServerState) -> &'static str {
+    use openraft::ServerState;
+    match state {
+        ServerState::Leader => "leader",
+        ServerState::Follower => "follower",
+        ServerState::Candidate => "candidate",
+        ServerState::Learner => "learner",
+        ServerState::Shutdown => "shutdown",
+    }
+}
+
+/// How a "this replica does not lead the group" error begins (a forwarded request that
+/// was not applied, which the sender may retry at once).
+pub const NOT_LEADER_PREFIX: &str = "not the leader:";
+
+fn not_leader(leader: Option<u64>) -> ApiError {
+    ApiError::unavailable(match leader {
+        Some(id) => format!("{NOT_LEADER_PREFIX} leadership moved to node {id}; retry"),
+        None => format!("{NOT_LEADER_PREFIX} leadership is changing; retry"),
+    })
+}
+
+/// A forwarded request's reply as the client's result.
+fn forward_result(
+    leader: u64,
+    reply: Result<tonic::Response<tributary_proto::v1::ForwardReply>, tonic::Status>,
+) -> Result<u64, ApiError> {
+    match forward_outcome(leader, reply)? {
+        LocalWrite::Done(index) => Ok(index),
+        LocalWrite::NotLeader(leader) => Err(not_leader(leader)),
+    }
+}
+
+/// Like `forward_result`, but tells "the receiver did not lead, nothing was done" apart.
+fn forward_outcome(
+    leader: u64,
+    reply: Result<tonic::Response<tributary_proto::v1::ForwardReply>, tonic::Status>,
+) -> Result<LocalWrite<u64>, ApiError> {
+    match reply {
+        Ok(reply) => {
+            let reply = reply.into_inner();
+            if reply.not_leader {
+                return Ok(LocalWrite::NotLeader(None));
+            }
+            let code = tributary_proto::v1::ErrorCode::try_from(reply.error_code)
+                .unwrap_or(tributary_proto::v1::ErrorCode::InternalFailure);
+            if code == tributary_proto::v1::ErrorCode::Unspecified {
+                Ok(LocalWrite::Done(reply.index))
+            } else {
+                Err(ApiError {
+                    code,
+                    message: reply.error_message,
+                })
+            }
+        }
+        Err(status) => Err(ApiError::unavailable(format!(
+            "forwarding to the leader (node {leader}) failed: {}; the outcome is unknown, retry",
+            status.message()
+        ))),
+    }
+}
+
+fn write_error<T>(
     err: RaftError<crate::raft::TypeConfig, ClientWriteError<crate::raft::TypeConfig>>,
-) -> ApiError {
+) -> Result<LocalWrite<T>, ApiError> {
     match err {
         RaftError::APIError(ClientWriteError::ForwardToLeader(forward)) => {
-            ApiError::unavailable(format!(
-                "this node does not lead the group (leader: {:?}); retry",
-                forward.leader_id
-            ))
+            Ok(LocalWrite::NotLeader(forward.leader_id))
         }
-        RaftError::APIError(other) => {
-            ApiError::unavailable(format!("write not accepted: {other}; retry"))
-        }
-        RaftError::Fatal(fatal) => ApiError::internal(format!("raft group stopped: {fatal}")),
+        RaftError::APIError(other) => Err(ApiError::unavailable(format!(
+            "write not accepted: {other}; retry"
+        ))),
+        RaftError::Fatal(fatal) => Err(ApiError::internal(format!("raft group stopped: {fatal}"))),
     }
 }

@@ -187,7 +187,7 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn entry(index: u64, payload: EntryPayload<Command, u64, openraft::BasicNode>) -> Entry {
+    fn entry(index: u64, payload: EntryPayload<Command, u64, crate::raft::Member>) -> Entry {
         Entry {
             log_id: LogId::new(
                 openraft::vote::leader_id_adv::LeaderId {
@@ -234,7 +234,13 @@ mod tests {
         ));
         assert_eq!(decode_record_batch(&blank).expect("decode"), None);
         let mut nodes = std::collections::BTreeMap::new();
-        nodes.insert(1u64, openraft::BasicNode::new("127.0.0.1:7101"));
+        nodes.insert(
+            1u64,
+            crate::raft::Member {
+                addr: "127.0.0.1:7101".into(),
+                incarnation: 7,
+            },
+        );
         let membership = openraft::Membership::new(vec![[1u64].into_iter().collect()], nodes)
             .expect("valid membership");
         let encoded =
@@ -243,6 +249,16 @@ mod tests {
             EntryPayload::Membership(got) => assert_eq!(got, membership),
             other => panic!("wrong payload {other:?}"),
         }
+    }
+
+    #[test]
+    fn membership_written_before_incarnations_still_reads() {
+        let json = br#"{"configs":[[1]],"nodes":{"1":{"addr":"127.0.0.1:7101"}}}"#;
+        let membership: openraft::Membership<u64, crate::raft::Member> =
+            serde_json::from_slice(json).expect("old membership json reads");
+        let node = membership.get_node(&1).expect("node 1");
+        assert_eq!(node.addr, "127.0.0.1:7101");
+        assert_eq!(node.incarnation, 0);
     }
 
     #[test]

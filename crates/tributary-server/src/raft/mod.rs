@@ -7,7 +7,7 @@
 //! - `flusher`: the node-wide group-commit thread that fsyncs many groups' logs per window.
 //! - `meta_store`: RocksDB for vote, committed and purged log ids and applied state.
 //! - `state_machine`: metadata state, and the shard tip watch readers wake from.
-//! - `network`: the transport between nodes.
+//! - `network`: raft messages over the shared peer connections (`crate::peers`).
 
 pub mod command;
 pub mod entry_codec;
@@ -27,8 +27,33 @@ openraft::declare_raft_types!(
     pub TypeConfig:
         D = Command,
         R = CommandResponse,
-        Node = openraft::BasicNode,
+        Node = Member,
 );
+
+/// A node as raft membership records it.
+///
+/// Stored as JSON inside membership entries; `incarnation` defaults to 0 so entries written
+/// before it existed (`{"addr": ...}`) still read.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Member {
+    /// Where peers reach the node (its `--peers` address).
+    pub addr: String,
+    /// The incarnation of the node's data directory when it was added. A node that comes
+    /// back with an empty data directory has a new incarnation, and refuses raft messages
+    /// addressed to the old one until an operator replaces it. 0: not checked (data written
+    /// before incarnations existed).
+    #[serde(default)]
+    pub incarnation: u64,
+}
+
+impl std::fmt::Display for Member {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}#{:x}", self.addr, self.incarnation)
+    }
+}
+
+/// A group's members by node id.
+pub type Members = std::collections::BTreeMap<u64, Member>;
 
 /// A raft group handle.
 pub type Raft = openraft::Raft<TypeConfig, state_machine::GroupStateMachine>;

@@ -1,74 +1,189 @@
-//! Transport between nodes.
+//! Raft messages between nodes.
 //!
-//! This release runs every group with a single voter (one node), so raft never sends a
-//! message: an attempt to reach another node is reported as unreachable, which openraft
-//! treats as a transient network failure. The multiplexed inter-node gRPC transport (one
-//! HTTP/2 channel per node pair carrying every group) replaces this with the three-node
-//! cluster work.
+//! Every group's messages to a peer travel over that peer's one shared HTTP/2 connection
+//! (`crate::peers`), tagged with the group id and the incarnation the sender's membership
+//! records for the target. Bodies are bincode of the openraft types (in flight only; never
+//! stored). Any failure to deliver, including "that group does not run there yet" and an
+//! incarnation mismatch, is reported to openraft as `Unreachable`, which makes it back off
+//! and retry rather than treat the answer as a vote or an acknowledgement.
 
 use std::future::Future;
+use std::io::Cursor;
+use std::sync::Arc;
+use std::time::Duration;
 
 use openraft::error::{RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{RPCOption, RaftNetworkFactory};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
+    TransferLeaderResponse, VoteRequest, VoteResponse,
 };
 use openraft::{OptionalSend, RaftNetworkV2};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tonic::transport::Channel;
+use tributary_proto::v1 as pb;
+use tributary_proto::v1::peer_service_client::PeerServiceClient;
 
-use super::{TypeConfig, Vote};
+use super::{GroupId, Member, TypeConfig, Vote};
+use crate::peers::Peers;
 
-/// Network factory for a node without peers.
-#[derive(Clone, Default)]
-pub struct LocalOnlyNetwork;
+/// A snapshot as it travels: the leader's vote, the snapshot's meta and its bytes.
+pub type SnapshotWire = (Vote, openraft::alias::SnapshotMetaOf<TypeConfig>, Vec<u8>);
 
-/// A client for a peer that a single-node cluster does not have.
-pub struct NoPeer {
+/// Network factory for one group on this node.
+#[derive(Clone)]
+pub struct PeerNetwork {
+    peers: Arc<Peers>,
+    group: GroupId,
+    from: u64,
+}
+
+impl PeerNetwork {
+    /// The network of `group` as seen from node `from`.
+    pub fn new(peers: Arc<Peers>, group: GroupId, from: u64) -> Self {
+        Self { peers, group, from }
+    }
+}
+
+/// One group's link to one peer.
+pub struct PeerLink {
+    client: PeerServiceClient<Channel>,
+    group: GroupId,
+    from: u64,
     target: u64,
+    incarnation: u64,
 }
 
-impl NoPeer {
-    fn unreachable(&self) -> Unreachable<TypeConfig> {
-        Unreachable::from_string(format!(
-            "node {} is not reachable: this node runs without --peers",
-            self.target
-        ))
+impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
+    type Network = PeerLink;
+
+    async fn new_client(&mut self, target: u64, node: &Member) -> Self::Network {
+        PeerLink {
+            client: self.peers.client(&node.addr),
+            group: self.group,
+            from: self.from,
+            target,
+            incarnation: node.incarnation,
+        }
     }
 }
 
-impl RaftNetworkFactory<TypeConfig> for LocalOnlyNetwork {
-    type Network = NoPeer;
+fn unreachable(message: String) -> Unreachable<TypeConfig> {
+    Unreachable::from_string(message)
+}
 
-    async fn new_client(&mut self, target: u64, _node: &openraft::BasicNode) -> Self::Network {
-        NoPeer { target }
+impl PeerLink {
+    async fn call<Req: Serialize, Resp: DeserializeOwned>(
+        &mut self,
+        kind: pb::RaftMessageKind,
+        request: &Req,
+        ttl: Duration,
+    ) -> Result<Resp, Unreachable<TypeConfig>> {
+        let body = bincode::serialize(request)
+            .map_err(|e| unreachable(format!("cannot encode a raft message: {e}")))?;
+        let mut message = tonic::Request::new(pb::RaftMessage {
+            group_id: self.group,
+            kind: kind as i32,
+            from: self.from,
+            target_incarnation: self.incarnation,
+            body: body.into(),
+        });
+        message.set_timeout(ttl);
+        let reply = match tokio::time::timeout(ttl, self.client.raft(message)).await {
+            Ok(Ok(reply)) => reply.into_inner(),
+            Ok(Err(status)) => {
+                return Err(unreachable(format!(
+                    "node {}: {}",
+                    self.target,
+                    status.message()
+                )))
+            }
+            Err(_) => {
+                return Err(unreachable(format!(
+                    "node {} did not answer within {} ms",
+                    self.target,
+                    ttl.as_millis()
+                )))
+            }
+        };
+        if !reply.error.is_empty() {
+            return Err(unreachable(format!(
+                "node {}: {}",
+                self.target, reply.error
+            )));
+        }
+        bincode::deserialize(&reply.body).map_err(|e| {
+            unreachable(format!(
+                "node {} sent a raft reply that does not decode: {e}",
+                self.target
+            ))
+        })
     }
 }
 
-impl RaftNetworkV2<TypeConfig> for NoPeer {
-    type SnapshotData = std::io::Cursor<Vec<u8>>;
+/// Bounds an RPC by openraft's hard TTL, but never below a floor that a busy loopback
+/// machine can meet.
+fn ttl(option: &RPCOption) -> Duration {
+    option.hard_ttl().max(Duration::from_millis(200))
+}
+
+impl RaftNetworkV2<TypeConfig> for PeerLink {
+    type SnapshotData = Cursor<Vec<u8>>;
 
     async fn append_entries(
         &mut self,
-        _rpc: AppendEntriesRequest<TypeConfig>,
-        _option: RPCOption,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
-        Err(RPCError::Unreachable(self.unreachable()))
+        // Large batches take longer than a heartbeat interval to ship and fsync.
+        let ttl = ttl(&option).max(Duration::from_secs(5));
+        Ok(self
+            .call(pb::RaftMessageKind::AppendEntries, &rpc, ttl)
+            .await?)
     }
 
     async fn vote(
         &mut self,
-        _rpc: VoteRequest<TypeConfig>,
-        _option: RPCOption,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
-        Err(RPCError::Unreachable(self.unreachable()))
+        Ok(self
+            .call(pb::RaftMessageKind::Vote, &rpc, ttl(&option))
+            .await?)
+    }
+
+    async fn pre_vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        Ok(self
+            .call(pb::RaftMessageKind::PreVote, &rpc, ttl(&option))
+            .await?)
     }
 
     async fn full_snapshot(
         &mut self,
-        _vote: Vote,
-        _snapshot: openraft::alias::SnapshotOf<TypeConfig, Self::SnapshotData>,
+        vote: Vote,
+        snapshot: openraft::alias::SnapshotOf<TypeConfig, Self::SnapshotData>,
         _cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
-        _option: RPCOption,
+        option: RPCOption,
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
-        Err(StreamingError::Unreachable(self.unreachable()))
+        let wire: SnapshotWire = (vote, snapshot.meta, snapshot.snapshot.into_inner());
+        let ttl = ttl(&option).max(Duration::from_secs(30));
+        Ok(self
+            .call(pb::RaftMessageKind::FullSnapshot, &wire, ttl)
+            .await?)
+    }
+
+    async fn transfer_leader(
+        &mut self,
+        req: TransferLeaderRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
+        Ok(self
+            .call(pb::RaftMessageKind::TransferLeader, &req, ttl(&option))
+            .await?)
     }
 }

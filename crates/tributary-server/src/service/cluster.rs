@@ -1,13 +1,12 @@
-//! ClusterService: the nodes of the cluster and their roles.
+//! ClusterService: the nodes of the cluster and their roles, and node replacement.
 
 use std::sync::Arc;
 
-use openraft::ServerState;
 use tonic::{Request, Response, Status};
 use tributary_proto::v1 as pb;
 use tributary_proto::v1::cluster_service_server::ClusterService;
 
-use crate::node::Node;
+use crate::node::{role_name, Node};
 
 /// The cluster view service.
 pub struct ClusterApi {
@@ -21,47 +20,80 @@ impl ClusterApi {
     }
 }
 
-fn role(state: ServerState) -> &'static str {
-    match state {
-        ServerState::Leader => "leader",
-        ServerState::Follower => "follower",
-        ServerState::Candidate => "candidate",
-        ServerState::Learner => "learner",
-        ServerState::Shutdown => "shutdown",
-    }
-}
-
 #[tonic::async_trait]
 impl ClusterService for ClusterApi {
     async fn cluster_status(
         &self,
         _request: Request<pb::ClusterStatusRequest>,
     ) -> Result<Response<pb::ClusterStatusResponse>, Status> {
-        let config = self.node.config();
+        let me = self.node.config().node_id;
         let (state, leader) = {
             let metrics = self.node.metadata_raft().metrics();
             let metrics = openraft::async_runtime::WatchReceiver::borrow_watched(&metrics);
             (metrics.state, metrics.current_leader)
         };
-        let groups = self.node.shard_groups();
-        let mut shard_leaders = 0;
-        for group in &groups {
-            if group.raft.current_leader().await == Some(config.node_id) {
-                shard_leaders += 1;
+        let mut ids: Vec<u64> = self.node.members().into_keys().collect();
+        for id in self.node.peers().addresses().into_keys() {
+            if !ids.contains(&id) {
+                ids.push(id);
             }
         }
-        let node = pb::NodeStatus {
-            node_id: config.node_id,
-            address: config.listen.to_string(),
-            az: config.az.clone(),
-            state: "up".into(),
-            metadata_role: role(state).into(),
-            shard_replicas: groups.len() as u32,
-            shard_leaders,
-        };
+        ids.sort_unstable();
+        let members = self.node.members();
+        let nodes = ids
+            .into_iter()
+            .map(|id| {
+                let address = members
+                    .get(&id)
+                    .map(|m| m.addr.clone())
+                    .or_else(|| self.node.peers().address(id))
+                    .unwrap_or_default();
+                if id == me {
+                    let (replicas, leaders) = self.node.shard_counts();
+                    return pb::NodeStatus {
+                        node_id: id,
+                        address,
+                        az: self.node.config().az.clone(),
+                        state: "up".into(),
+                        metadata_role: role_name(state).into(),
+                        shard_replicas: replicas,
+                        shard_leaders: leaders,
+                    };
+                }
+                match self.node.peers().view(id) {
+                    Some(view) => pb::NodeStatus {
+                        node_id: id,
+                        address,
+                        az: view.info.az,
+                        state: "up".into(),
+                        metadata_role: view.info.metadata_role,
+                        shard_replicas: view.info.shard_replicas,
+                        shard_leaders: view.info.shard_leaders,
+                    },
+                    None => pb::NodeStatus {
+                        node_id: id,
+                        address,
+                        az: String::new(),
+                        state: "down".into(),
+                        metadata_role: "unknown".into(),
+                        shard_replicas: 0,
+                        shard_leaders: 0,
+                    },
+                }
+            })
+            .collect();
         Ok(Response::new(pb::ClusterStatusResponse {
-            nodes: vec![node],
+            nodes,
             metadata_leader_id: leader.unwrap_or(0),
         }))
+    }
+
+    async fn replace_node(
+        &self,
+        request: Request<pb::ReplaceNodeRequest>,
+    ) -> Result<Response<pb::ReplaceNodeResponse>, Status> {
+        let node_id = request.into_inner().node_id;
+        let groups_changed = self.node.replace_node(node_id).await?;
+        Ok(Response::new(pb::ReplaceNodeResponse { groups_changed }))
     }
 }

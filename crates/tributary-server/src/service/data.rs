@@ -239,6 +239,7 @@ impl DataService for DataApi {
         let stream = stream_snapshot(&self.node, &request.stream_name)?;
         let shard_index = parse_shard_id(&request.shard_id)?;
         let group = self.shard_group(&stream, shard_index)?;
+        self.node.catch_up_reads(&group).await?;
         let kind = pb::ShardIteratorType::try_from(request.shard_iterator_type)
             .unwrap_or(pb::ShardIteratorType::Unspecified);
         let sequence = |kind: &str| -> Result<SequenceNumber, ApiError> {
@@ -323,6 +324,7 @@ impl DataService for DataApi {
             }
         }
         let group = self.shard_group(&stream, position.shard_index)?;
+        self.node.catch_up_reads(&group).await?;
         let page = reader::read(
             &group,
             (position.log_index, position.slot),

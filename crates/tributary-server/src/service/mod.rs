@@ -2,6 +2,7 @@
 
 pub mod cluster;
 pub mod data;
+pub mod peer;
 pub mod stream;
 
 use std::sync::Arc;

@@ -1,0 +1,193 @@
+//! PeerService: what nodes ask each other (raft messages, node info, forwarded writes and
+//! read indexes). Not for clients.
+
+use std::io::Cursor;
+use std::sync::Arc;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tonic::{Request, Response, Status};
+use tributary_proto::v1 as pb;
+use tributary_proto::v1::peer_service_server::PeerService;
+
+use crate::error::ApiError;
+use crate::node::{Node, NOT_LEADER_PREFIX};
+use crate::raft::network::SnapshotWire;
+use crate::raft::{Raft, RecordBatch};
+
+/// The node-to-node service.
+pub struct PeerApi {
+    node: Arc<Node>,
+}
+
+impl PeerApi {
+    /// A service over a node.
+    pub fn new(node: Arc<Node>) -> Self {
+        Self { node }
+    }
+}
+
+fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, String> {
+    bincode::deserialize(body).map_err(|e| format!("raft message does not decode: {e}"))
+}
+
+fn reply<T: Serialize, E: std::fmt::Display>(result: Result<T, E>) -> pb::RaftReply {
+    match result {
+        Ok(value) => match bincode::serialize(&value) {
+            Ok(body) => pb::RaftReply {
+                body: body.into(),
+                error: String::new(),
+            },
+            Err(err) => pb::RaftReply {
+                body: Default::default(),
+                error: format!("cannot encode the raft reply: {err}"),
+            },
+        },
+        Err(err) => pb::RaftReply {
+            body: Default::default(),
+            error: err.to_string(),
+        },
+    }
+}
+
+fn forward_reply(result: Result<u64, ApiError>) -> pb::ForwardReply {
+    match result {
+        Ok(index) => pb::ForwardReply {
+            index,
+            error_code: pb::ErrorCode::Unspecified as i32,
+            error_message: String::new(),
+            not_leader: false,
+        },
+        Err(err) => pb::ForwardReply {
+            index: 0,
+            error_code: err.code as i32,
+            not_leader: err.message.starts_with(NOT_LEADER_PREFIX),
+            error_message: err.message,
+        },
+    }
+}
+
+async fn handle(raft: &Raft, kind: pb::RaftMessageKind, body: &[u8]) -> pb::RaftReply {
+    use pb::RaftMessageKind as Kind;
+    match kind {
+        Kind::AppendEntries => match decode(body) {
+            Ok(rpc) => reply(raft.append_entries(rpc).await),
+            Err(err) => reply::<(), _>(Err(err)),
+        },
+        Kind::Vote => match decode(body) {
+            Ok(rpc) => reply(raft.vote(rpc).await),
+            Err(err) => reply::<(), _>(Err(err)),
+        },
+        Kind::PreVote => match decode(body) {
+            Ok(rpc) => reply(raft.pre_vote(rpc).await),
+            Err(err) => reply::<(), _>(Err(err)),
+        },
+        Kind::FullSnapshot => match decode::<SnapshotWire>(body) {
+            Ok((vote, meta, data)) => {
+                let snapshot = openraft::alias::SnapshotOf::<crate::raft::TypeConfig, _> {
+                    meta,
+                    snapshot: Cursor::new(data),
+                };
+                reply(raft.install_full_snapshot(vote, snapshot).await)
+            }
+            Err(err) => reply::<(), _>(Err(err)),
+        },
+        Kind::TransferLeader => match decode(body) {
+            Ok(rpc) => reply(raft.handle_transfer_leader(rpc).await),
+            Err(err) => reply::<(), _>(Err(err)),
+        },
+        Kind::Unspecified => reply::<(), _>(Err("raft message kind is unspecified")),
+    }
+}
+
+#[tonic::async_trait]
+impl PeerService for PeerApi {
+    async fn raft(
+        &self,
+        request: Request<pb::RaftMessage>,
+    ) -> Result<Response<pb::RaftReply>, Status> {
+        let message = request.into_inner();
+        let identity = self.node.identity();
+        if !identity.accepts(message.target_incarnation) {
+            return Ok(Response::new(pb::RaftReply {
+                body: Default::default(),
+                error: format!(
+                    "node {} is incarnation {:x}, not {:x}: its data dir was replaced and it must be re-added (trib cluster replace-node {})",
+                    identity.node_id, identity.incarnation, message.target_incarnation, identity.node_id
+                ),
+            }));
+        }
+        let Some(raft) = self.node.raft_for(message.group_id) else {
+            return Ok(Response::new(pb::RaftReply {
+                body: Default::default(),
+                error: format!("group {} is not running on this node yet", message.group_id),
+            }));
+        };
+        let kind =
+            pb::RaftMessageKind::try_from(message.kind).unwrap_or(pb::RaftMessageKind::Unspecified);
+        Ok(Response::new(handle(&raft, kind, &message.body).await))
+    }
+
+    async fn node_info(
+        &self,
+        _request: Request<pb::NodeInfoRequest>,
+    ) -> Result<Response<pb::NodeInfoReply>, Status> {
+        Ok(Response::new(self.node.node_info()))
+    }
+
+    async fn forward_append(
+        &self,
+        request: Request<pb::ForwardAppendRequest>,
+    ) -> Result<Response<pb::ForwardReply>, Status> {
+        let request = request.into_inner();
+        let result = match bincode::deserialize::<RecordBatch>(&request.batch) {
+            Ok(batch) => self.node.forwarded_append(request.group_id, batch).await,
+            Err(err) => Err(ApiError::internal(format!(
+                "forwarded batch does not decode: {err}"
+            ))),
+        };
+        Ok(Response::new(forward_reply(result)))
+    }
+
+    async fn forward_metadata(
+        &self,
+        request: Request<pb::ForwardMetadataRequest>,
+    ) -> Result<Response<pb::ForwardReply>, Status> {
+        let request = request.into_inner();
+        let result = match bincode::deserialize(&request.command) {
+            Ok(command) => self.node.forwarded_metadata(command).await,
+            Err(err) => Err(ApiError::internal(format!(
+                "forwarded metadata command does not decode: {err}"
+            ))),
+        };
+        Ok(Response::new(forward_reply(result)))
+    }
+
+    async fn read_index(
+        &self,
+        request: Request<pb::ReadIndexRequest>,
+    ) -> Result<Response<pb::ForwardReply>, Status> {
+        let group = request.into_inner().group_id;
+        Ok(Response::new(forward_reply(
+            self.node.forwarded_read_index(group).await,
+        )))
+    }
+
+    async fn replace_member(
+        &self,
+        request: Request<pb::ReplaceMemberRequest>,
+    ) -> Result<Response<pb::ForwardReply>, Status> {
+        let request = request.into_inner();
+        Ok(Response::new(forward_reply(
+            self.node
+                .replace_member_local(
+                    request.group_id,
+                    request.node_id,
+                    request.address,
+                    request.incarnation,
+                )
+                .await
+                .map(|()| 0),
+        )))
+    }
+}

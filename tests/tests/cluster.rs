@@ -1,0 +1,314 @@
+//! The three-node cluster as processes on loopback: bootstrap in any order, writes through
+//! any node, no acknowledged record lost when a node dies, catch-up on restart, refusal
+//! and replacement of a node whose data dir was wiped, leadership spread and SIGTERM
+//! handoff.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use tributary_proto::v1 as pb;
+use tributary_tests::{error_code, Cluster, NodeProcess};
+
+/// Puts one record through `node`, retrying retryable failures (elections) for up to 20 s.
+/// Returns the sequence number once acknowledged.
+async fn put_acked(node: &NodeProcess, stream: &str, key: &str, data: &str) -> (String, String) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut client = node.data().await;
+        match client
+            .put_record(pb::PutRecordRequest {
+                stream_name: stream.into(),
+                partition_key: key.into(),
+                data: data.as_bytes().to_vec().into(),
+                explicit_hash_key: None,
+            })
+            .await
+        {
+            Ok(reply) => {
+                let reply = reply.into_inner();
+                return (reply.shard_id, reply.sequence_number);
+            }
+            Err(status) => {
+                assert!(
+                    error_code(&status) == "Unavailable" && Instant::now() < deadline,
+                    "put {data} via node {}: {status:?}",
+                    node.node_id
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// Every record of every shard as read through `node`: shard id -> [(sequence, data)].
+async fn read_all(node: &NodeProcess, stream: &str) -> BTreeMap<String, Vec<(String, String)>> {
+    let mut out = BTreeMap::new();
+    for shard in node.shards(stream).await {
+        let records = node
+            .read_shard(stream, &shard.shard_id)
+            .await
+            .unwrap_or_else(|s| panic!("read {} via node {}: {s:?}", shard.shard_id, node.node_id));
+        out.insert(
+            shard.shard_id.clone(),
+            records
+                .into_iter()
+                .map(|r| {
+                    (
+                        r.sequence_number,
+                        String::from_utf8(r.data.to_vec()).expect("utf8"),
+                    )
+                })
+                .collect(),
+        );
+    }
+    out
+}
+
+/// Asserts every acknowledged record is in `read` at its acknowledged sequence number,
+/// and that each shard's sequence numbers strictly increase.
+fn assert_contains_acked(
+    read: &BTreeMap<String, Vec<(String, String)>>,
+    acked: &[(String, String, String)],
+    who: &str,
+) {
+    for (shard, records) in read {
+        for pair in records.windows(2) {
+            let a: u128 = pair[0].0.parse().expect("decimal");
+            let b: u128 = pair[1].0.parse().expect("decimal");
+            assert!(
+                a < b,
+                "{who}: {shard} sequence numbers not increasing: {pair:?}"
+            );
+        }
+    }
+    for (shard, sequence, data) in acked {
+        let found = read
+            .get(shard)
+            .and_then(|records| records.iter().find(|(s, _)| s == sequence));
+        assert_eq!(
+            found.map(|(_, d)| d.as_str()),
+            Some(data.as_str()),
+            "{who}: acknowledged record {data} ({shard} {sequence}) is missing or different"
+        );
+    }
+}
+
+fn leader_counts(status: &pb::ClusterStatusResponse) -> Vec<u32> {
+    status.nodes.iter().map(|n| n.shard_leaders).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bootstrap_in_any_order_replicate_and_survive_a_node_loss() {
+    // Node 3 first, node 1 (which forms the cluster) last.
+    let mut cluster = Cluster::start_in_order([3, 2, 1], &[]).await;
+    let status = cluster
+        .wait_status(2, "all three nodes up", Duration::from_secs(10), |s| {
+            s.nodes.len() == 3 && s.nodes.iter().all(|n| n.state == "up")
+        })
+        .await;
+    let azs: Vec<&str> = status.nodes.iter().map(|n| n.az.as_str()).collect();
+    assert_eq!(azs, ["az-a", "az-b", "az-c"]);
+    assert_ne!(status.metadata_leader_id, 0, "{status:#?}");
+
+    // A stream created through node 2 is usable through every node.
+    cluster.node(2).create_stream("orders", 4).await;
+    let mut acked = Vec::new();
+    for i in 0..60u64 {
+        let via = cluster.node(i % 3 + 1);
+        let data = format!("before-{i}");
+        let (shard, seq) = put_acked(via, "orders", &format!("key-{}", i % 7), &data).await;
+        acked.push((shard, seq, data));
+    }
+    let reads: Vec<_> = futures_reads(&cluster, &[1, 2, 3]).await;
+    for (id, read) in &reads {
+        assert_contains_acked(read, &acked, &format!("node {id}"));
+        assert_eq!(read, &reads[0].1, "node {id} diverges from node 1");
+    }
+
+    // Kill the node leading the metadata group; the other two keep taking writes.
+    let victim = cluster.status(1).await.metadata_leader_id;
+    cluster.node_mut(victim).kill();
+    let alive: Vec<u64> = (1..=3).filter(|id| *id != victim).collect();
+    for i in 0..60u64 {
+        let via = cluster.node(alive[(i % 2) as usize]);
+        let data = format!("after-{i}");
+        let (shard, seq) = put_acked(via, "orders", &format!("key-{}", i % 7), &data).await;
+        acked.push((shard, seq, data));
+    }
+    let reads = futures_reads(&cluster, &alive).await;
+    for (id, read) in &reads {
+        assert_contains_acked(read, &acked, &format!("node {id} with node {victim} down"));
+    }
+    assert_eq!(reads[0].1, reads[1].1, "the surviving nodes diverge");
+
+    // The killed node restarts with its data dir, catches up, and serves the same log.
+    cluster.node_mut(victim).restart().await;
+    let reads = futures_reads(&cluster, &[victim]).await;
+    assert_contains_acked(&reads[0].1, &acked, &format!("restarted node {victim}"));
+    cluster
+        .wait_status(
+            victim,
+            "the restarted node sees everyone up",
+            Duration::from_secs(10),
+            |s| s.nodes.iter().all(|n| n.state == "up"),
+        )
+        .await;
+}
+
+async fn futures_reads(
+    cluster: &Cluster,
+    ids: &[u64],
+) -> Vec<(u64, BTreeMap<String, Vec<(String, String)>>)> {
+    let mut out = Vec::new();
+    for id in ids {
+        out.push((*id, read_all(cluster.node(*id), "orders").await));
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wiped_node_is_refused_until_replaced_then_catches_up() {
+    let mut cluster = Cluster::start(&[]).await;
+    cluster.node(1).create_stream("orders", 2).await;
+    let mut acked = Vec::new();
+    for i in 0..30u64 {
+        let data = format!("r-{i}");
+        let (shard, seq) = put_acked(cluster.node(1), "orders", &format!("k{i}"), &data).await;
+        acked.push((shard, seq, data));
+    }
+
+    // Node 3 loses its disk and comes back empty.
+    let node3 = cluster.node_mut(3);
+    node3.kill();
+    std::fs::remove_dir_all(&node3.data_dir).expect("wipe node 3");
+    node3.spawn_process();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let node3 = cluster.node_mut(3);
+    assert!(node3.is_running(), "node 3 exited: {}", node3.log());
+    let refused = node3
+        .streams()
+        .await
+        .list_streams(pb::ListStreamsRequest {})
+        .await;
+    assert!(
+        refused.is_err(),
+        "a wiped node must not serve before it is replaced"
+    );
+    assert!(
+        node3.log().contains("empty data dir"),
+        "node 3 must say why it waits: {}",
+        node3.log()
+    );
+    // Writes go on with two nodes meanwhile.
+    for i in 30..40u64 {
+        let data = format!("r-{i}");
+        let (shard, seq) = put_acked(cluster.node(2), "orders", &format!("k{i}"), &data).await;
+        acked.push((shard, seq, data));
+    }
+
+    // The operator replaces it; it catches up from its peers and serves everything.
+    let client = tributary_client::Client::connect(&cluster.node(1).endpoint())
+        .await
+        .expect("connect");
+    let groups = client.replace_node(3).await.expect("replace node 3");
+    assert_eq!(groups, 3, "the metadata group and two shard groups");
+    cluster.node_mut(3).wait_ready().await;
+    let read = read_all(cluster.node(3), "orders").await;
+    assert_contains_acked(&read, &acked, "replaced node 3");
+    assert_eq!(read, read_all(cluster.node(1), "orders").await);
+    // Replacing a node that has its data is refused and changes nothing.
+    let err = client
+        .replace_node(2)
+        .await
+        .expect_err("node 2 has its data");
+    assert!(err.to_string().contains("still has its data"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leaders_spread_evenly_and_sigterm_hands_them_off() {
+    let mut cluster = Cluster::start(&[]).await;
+    cluster.node(1).create_stream("spread", 6).await;
+    let status = cluster
+        .wait_status(
+            1,
+            "two shard leaders per node",
+            Duration::from_secs(15),
+            |s| leader_counts(s) == [2, 2, 2],
+        )
+        .await;
+    assert!(
+        status.nodes.iter().all(|n| n.shard_replicas == 6),
+        "{status:#?}"
+    );
+
+    // Keep writing through node 2 while node 1 is stopped with SIGTERM: it hands its
+    // leaderships over first, so no write fails.
+    let writer = cluster.node(2).endpoint();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop_writer = stop.clone();
+    let writes = tokio::spawn(async move {
+        let mut client = pb::data_service_client::DataServiceClient::connect(writer)
+            .await
+            .expect("connect");
+        let (mut ok, mut failed) = (0u32, Vec::new());
+        let mut i = 0u64;
+        while !stop_writer.load(std::sync::atomic::Ordering::SeqCst) {
+            let entries = (0..6)
+                .map(|k| pb::PutRecordsEntry {
+                    partition_key: format!("key-{k}-{i}"),
+                    data: format!("w-{i}-{k}").into_bytes().into(),
+                    explicit_hash_key: None,
+                })
+                .collect();
+            match client
+                .put_records(pb::PutRecordsRequest {
+                    stream_name: "spread".into(),
+                    records: entries,
+                })
+                .await
+            {
+                Ok(reply) => {
+                    for entry in reply.into_inner().records {
+                        if entry.error_code == 0 {
+                            ok += 1;
+                        } else {
+                            failed.push(entry.error_message);
+                        }
+                    }
+                }
+                Err(status) => failed.push(format!("{status:?}")),
+            }
+            i += 1;
+        }
+        (ok, failed)
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    cluster.node_mut(1).terminate();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (ok, failed) = writes.await.expect("writer");
+    assert!(ok > 0);
+    assert!(
+        failed.is_empty(),
+        "{} of {} writes failed during a graceful stop: {:?}",
+        failed.len(),
+        ok as usize + failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+    assert!(cluster
+        .node(1)
+        .log()
+        .contains("handed every leadership to peers"));
+
+    // With node 1 back, leaders spread over all three again.
+    cluster.node_mut(1).spawn_process();
+    cluster.node_mut(1).wait_ready().await;
+    cluster
+        .wait_status(
+            2,
+            "leaders re-spread after node 1 returned",
+            Duration::from_secs(15),
+            |s| leader_counts(s) == [2, 2, 2],
+        )
+        .await;
+}
