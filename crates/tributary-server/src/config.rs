@@ -27,6 +27,10 @@ pub struct NodeConfig {
     /// How often a node checks whether shard leaderships should move to their preferred
     /// node (the even spread), in milliseconds.
     pub rebalance_interval_ms: u64,
+    /// A shard group with no reads or writes for this long stops its raft timers
+    /// (quiescence; node-level probes still detect a dead leader). 0 keeps every group
+    /// awake, which costs heartbeats per group per follower.
+    pub quiesce_after_ms: u64,
     /// Prometheus endpoint. Reserved: this release serves no metrics yet, so setting it is
     /// refused rather than silently ignored.
     pub metrics_listen: Option<SocketAddr>,
@@ -58,6 +62,7 @@ impl Default for NodeConfig {
             az: "az-a".to_string(),
             peers: String::new(),
             rebalance_interval_ms: 1000,
+            quiesce_after_ms: 2000,
             metrics_listen: None,
             iterator_ttl_ms: 5 * 60 * 1000,
             max_shards: 1024,

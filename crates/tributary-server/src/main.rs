@@ -66,6 +66,9 @@ struct ServeArgs {
     /// Maximum shards across all streams.
     #[arg(long, env = "TRIBUTARY_MAX_SHARDS")]
     max_shards: Option<u32>,
+    /// Quiesce a shard group after this many idle milliseconds (0: never).
+    #[arg(long, env = "TRIBUTARY_QUIESCE_AFTER_MS")]
+    quiesce_after_ms: Option<u64>,
     /// Segment roll size in bytes.
     #[arg(long, env = "TRIBUTARY_SEGMENT_MAX_BYTES")]
     segment_max_bytes: Option<u64>,
@@ -106,6 +109,9 @@ impl ServeArgs {
         if let Some(v) = self.max_shards {
             config.max_shards = v;
         }
+        if let Some(v) = self.quiesce_after_ms {
+            config.quiesce_after_ms = v;
+        }
         if let Some(v) = self.segment_max_bytes {
             config.segment_max_bytes = v;
         }
@@ -118,7 +124,7 @@ fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,openraft=warn".into()),
+                .unwrap_or_else(|_| "info,openraft=error".into()),
         )
         .with_writer(std::io::stderr)
         .init();

@@ -44,6 +44,55 @@ pub struct ShardGroup {
     pub log: GroupLogStore,
     /// Applied position; readers never read past it.
     pub tip: watch::Receiver<ShardTip>,
+    /// Whether the group is quiesced here (no ticks, heartbeats or election timer).
+    quiet: AtomicBool,
+    /// Last client activity or log growth seen, for quiescence.
+    activity: std::sync::Mutex<(std::time::Instant, Option<u64>)>,
+    /// The leader's node and boot id when this follower replica quiesced: if that node
+    /// stops answering or restarts, the leader is gone and the replica must wake.
+    quiet_leader: std::sync::Mutex<Option<(u64, u64)>>,
+    /// When this replica last received AppendEntries (a heartbeat or entries) from a leader.
+    leader_contact: std::sync::Mutex<std::time::Instant>,
+}
+
+impl ShardGroup {
+    /// Records activity and wakes the group if it was quiet. Called on the client paths
+    /// (writes, leader read checks) before raft is asked to do anything.
+    fn touch(&self) {
+        self.activity.lock().unwrap_or_else(|p| p.into_inner()).0 = std::time::Instant::now();
+        if self.quiet.load(Ordering::SeqCst) {
+            self.wake();
+        }
+    }
+
+    fn wake(&self) {
+        let runtime = self.raft.runtime_config();
+        runtime.tick(true);
+        runtime.heartbeat(true);
+        runtime.elect(true);
+        self.quiet.store(false, Ordering::SeqCst);
+    }
+
+    fn quiesce(&self) {
+        let runtime = self.raft.runtime_config();
+        runtime.heartbeat(false);
+        runtime.elect(false);
+        runtime.tick(false);
+        self.quiet.store(true, Ordering::SeqCst);
+    }
+
+    /// Notes that a leader just reached this replica (the peer service calls this).
+    pub fn note_leader_contact(&self) {
+        *self
+            .leader_contact
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = std::time::Instant::now();
+    }
+
+    /// Whether the group is quiesced on this node.
+    pub fn is_quiet(&self) -> bool {
+        self.quiet.load(Ordering::SeqCst)
+    }
 }
 
 /// A running node.
@@ -66,6 +115,8 @@ pub struct Node {
     ready: AtomicBool,
     /// Shutting down: leaderships are being handed to peers.
     draining: AtomicBool,
+    /// Random per process start (see `NodeInfoReply.boot_id`).
+    boot_id: u64,
 }
 
 fn groups_dir(config: &NodeConfig) -> PathBuf {
@@ -144,6 +195,7 @@ impl Node {
             iterators: RwLock::new(None),
             ready: AtomicBool::new(false),
             draining: AtomicBool::new(false),
+            boot_id: rand::random::<u64>().max(1),
         }))
     }
 
@@ -171,6 +223,9 @@ impl Node {
         self.wait_shard_leaders(Duration::from_secs(10)).await;
         tokio::spawn(Self::reconcile_loop(self.clone()));
         tokio::spawn(Self::rebalance_loop(self.clone()));
+        if self.config.quiesce_after_ms > 0 && !self.peers.others().is_empty() {
+            tokio::spawn(Self::quiesce_loop(self.clone()));
+        }
         self.ready.store(true, Ordering::SeqCst);
         Ok(())
     }
@@ -328,6 +383,20 @@ impl Node {
             .collect()
     }
 
+    /// Whether this node initializes a new shard group: it is the group's preferred leader,
+    /// or the first voter after it that is up.
+    fn initializes(&self, group: GroupId) -> bool {
+        let voters: Vec<u64> = self.voters().into_keys().collect();
+        if voters.is_empty() {
+            return true;
+        }
+        let preferred = (group as usize) % voters.len();
+        (0..voters.len())
+            .map(|step| voters[(preferred + step) % voters.len()])
+            .find(|id| self.peers.is_up(*id))
+            == Some(self.config.node_id)
+    }
+
     /// The metadata group's voters.
     fn voters(&self) -> Members {
         let metrics = self.metadata_raft.metrics();
@@ -368,6 +437,7 @@ impl Node {
             shard_replicas: replicas,
             shard_leaders: leaders,
             ready: self.is_ready(),
+            boot_id: self.boot_id,
         }
     }
 
@@ -669,6 +739,7 @@ impl Node {
         group: &ShardGroup,
         batch: RecordBatch,
     ) -> Result<LocalWrite<u64>, ApiError> {
+        group.touch();
         match group.raft.client_write(Command::Append(batch)).await {
             Ok(response) => Ok(LocalWrite::Done(response.log_id.index)),
             Err(err) => write_error(err),
@@ -756,6 +827,9 @@ impl Node {
 
     /// The read index of a group this node leads; the peer service calls this.
     pub async fn forwarded_read_index(&self, group: GroupId) -> Result<u64, ApiError> {
+        if let Some(shard) = self.shard_group(group) {
+            shard.touch();
+        }
         let raft = self.raft_for(group).ok_or_else(|| {
             ApiError::unavailable(format!("group {group} is not running on this node; retry"))
         })?;
@@ -780,6 +854,7 @@ impl Node {
     /// Makes this replica of a shard current before a read: waits until it has applied
     /// the leader's read index (bounded), so what it serves as the tip is not stale.
     pub async fn catch_up_reads(&self, group: &ShardGroup) -> Result<(), ApiError> {
+        group.touch();
         let index = self.read_index(&group.raft, group.group_id).await?;
         let mut tip = group.tip.clone();
         let waited = tokio::time::timeout(Duration::from_secs(5), async {
@@ -943,11 +1018,15 @@ impl Node {
         )
         .await
         .map_err(io)?;
-        // A new shard gets one replica on every voter of the cluster, each initialized with
-        // the same membership (openraft allows that). A replica created later (this node
-        // was down while the stream was created, or was replaced) starts empty and
-        // uninitialized: it cannot start an election, and its leader fills it in.
-        if fresh && stream_creating {
+        // A new shard gets one replica on every voter of the cluster. Only its preferred
+        // leader (voter `group_id mod voters`; the next voter if that node is down)
+        // initializes the group, with the metadata group's voters as members, and so
+        // campaigns alone: a thousand new groups do not hold three-way elections. The
+        // others start empty and uninitialized (they cannot start an election) and get the
+        // membership from the leader, as does a replica created later (its node was down
+        // while the stream was created, or was replaced). Two nodes initializing with the
+        // same membership, if their views of who is up differ, is allowed by openraft.
+        if fresh && stream_creating && self.initializes(group) {
             raft.initialize(self.voters()).await.map_err(io)?;
         }
         let shard = Arc::new(ShardGroup {
@@ -957,6 +1036,10 @@ impl Node {
             raft,
             log,
             tip,
+            quiet: AtomicBool::new(false),
+            activity: std::sync::Mutex::new((std::time::Instant::now(), None)),
+            quiet_leader: std::sync::Mutex::new(None),
+            leader_contact: std::sync::Mutex::new(std::time::Instant::now()),
         });
         self.shards
             .write()
@@ -1075,11 +1158,89 @@ impl Node {
         }
     }
 
+    /// Quiesces idle shard groups and wakes them on traffic or trouble.
+    ///
+    /// Raft heartbeats cost one message per group per follower per interval: with a
+    /// thousand shards, an idle cluster would spend its CPU on them. As TiKV's hibernating
+    /// regions and CockroachDB's quiescence do, a group that saw no writes or reads for
+    /// `quiesce_after_ms`, and whose reachable followers all have the leader's whole log,
+    /// stops its timers: the leader sends no heartbeats and followers run no election
+    /// timer. Failure detection moves to the node level: each node probes its peers a few
+    /// times a second (`Peers::probe_loop`), and a follower whose leader's node stops
+    /// answering wakes at once and elects a new leader after one election timeout. Any
+    /// write or read wakes the group on the node that serves it; followers wake as soon as
+    /// their log grows.
+    async fn quiesce_loop(node: Arc<Node>) {
+        let idle_after = Duration::from_millis(node.config.quiesce_after_ms);
+        let me = node.config.node_id;
+        loop {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            for group in node.shard_groups() {
+                let (leader, last_index, followers_done) = {
+                    let metrics = group.raft.metrics();
+                    let metrics = openraft::async_runtime::WatchReceiver::borrow_watched(&metrics);
+                    let last = metrics.last_log_index;
+                    let done = metrics.replication.as_ref().is_some_and(|r| {
+                        r.iter().all(|(id, matched)| {
+                            *id == me
+                                || matched.as_ref().map(|m| m.index) >= last
+                                || !node.peers.is_up(*id)
+                        })
+                    });
+                    (metrics.current_leader, last, done)
+                };
+                let idle = {
+                    let mut activity = group.activity.lock().unwrap_or_else(|p| p.into_inner());
+                    if activity.1 != last_index {
+                        *activity = (std::time::Instant::now(), last_index);
+                    }
+                    activity.0.elapsed() >= idle_after
+                };
+                // A follower goes quiet only right after its leader reached it (so the
+                // leader it names is alive and leading, not a node that just died), and
+                // stays quiet only while that node answers and has not restarted since
+                // (a restarted node leads nothing).
+                let contact_fresh = group
+                    .leader_contact
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .elapsed()
+                    < Duration::from_millis(node.config.election_timeout_min_ms);
+                let leader_boot = leader
+                    .filter(|l| *l != me)
+                    .and_then(|l| node.peers.view(l).map(|v| (l, v.info.boot_id)));
+                let mut quiet_leader = group.quiet_leader.lock().unwrap_or_else(|p| p.into_inner());
+                let leader_unchanged = match (*quiet_leader, leader_boot) {
+                    (Some(recorded), Some(now)) => recorded == now,
+                    (None, Some(_)) => contact_fresh,
+                    (_, None) => false,
+                };
+                let may_rest = idle
+                    && !node.is_draining()
+                    && match leader {
+                        Some(l) if l == me => followers_done,
+                        Some(_) => leader_unchanged,
+                        None => false,
+                    };
+                if may_rest && !group.is_quiet() {
+                    *quiet_leader = leader_boot;
+                    group.quiesce();
+                } else if !may_rest && group.is_quiet() {
+                    *quiet_leader = None;
+                    group.wake();
+                }
+            }
+        }
+    }
+
     /// Hands every leadership this node holds to a peer that can take it, and waits
     /// (bounded) until they moved, so a node stopped for a rolling restart takes no write
     /// down with it. Called on SIGTERM, before the listener closes.
     pub async fn drain(&self, limit: Duration) {
         self.draining.store(true, Ordering::SeqCst);
+        for group in self.shard_groups() {
+            group.wake();
+        }
         if self.peers.others().is_empty() {
             return;
         }

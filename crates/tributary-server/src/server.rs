@@ -22,6 +22,9 @@ use crate::service::MAX_MESSAGE_BYTES;
 /// How long in-flight requests may take to finish once shutdown begins.
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// Concurrent HTTP/2 streams allowed on one connection (see `serve`).
+const PEER_MAX_CONCURRENT_STREAMS: u32 = 65_536;
+
 /// How long SIGTERM waits for this node's leaderships to move to peers.
 const DRAIN_LIMIT: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -77,6 +80,11 @@ pub async fn serve(
         }
     };
     let serving = Server::builder()
+        // A peer multiplexes every raft group's messages over one connection: with a
+        // thousand shard groups that is far more concurrent streams than hyper's default
+        // of 200, and a refused stream looks like a dead peer to raft.
+        .max_concurrent_streams(Some(PEER_MAX_CONCURRENT_STREAMS))
+        .http2_max_pending_accept_reset_streams(Some(1024))
         .add_service(health_service)
         .add_service(
             PeerServiceServer::new(PeerApi::new(node.clone()))

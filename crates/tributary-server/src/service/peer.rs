@@ -125,6 +125,11 @@ impl PeerService for PeerApi {
         };
         let kind =
             pb::RaftMessageKind::try_from(message.kind).unwrap_or(pb::RaftMessageKind::Unspecified);
+        if kind == pb::RaftMessageKind::AppendEntries {
+            if let Some(shard) = self.node.shard_group(message.group_id) {
+                shard.note_leader_contact();
+            }
+        }
         Ok(Response::new(handle(&raft, kind, &message.body).await))
     }
 
