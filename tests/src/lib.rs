@@ -44,6 +44,7 @@ pub struct NodeProcess {
     extra_args: Vec<String>,
     child: Option<Child>,
     log_path: PathBuf,
+    remote: Remote,
 }
 
 impl NodeProcess {
@@ -70,6 +71,9 @@ impl NodeProcess {
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
             child: None,
             log_path: data_dir.with_extension("log"),
+            remote: Remote {
+                endpoint: format!("http://{addr}"),
+            },
         };
         node.spawn_process();
         node
@@ -187,16 +191,40 @@ impl NodeProcess {
         self.spawn().await;
     }
 
+    /// Clients for this node.
+    pub fn remote(&self) -> Remote {
+        Remote {
+            endpoint: self.endpoint(),
+        }
+    }
+}
+
+impl std::ops::Deref for NodeProcess {
+    type Target = Remote;
+
+    fn deref(&self) -> &Remote {
+        &self.remote
+    }
+}
+
+/// A node reached by its endpoint URL (a process, a container, any node of a cluster).
+#[derive(Debug, Clone)]
+pub struct Remote {
+    /// `http://HOST:PORT`.
+    pub endpoint: String,
+}
+
+impl Remote {
     /// A control-plane client.
     pub async fn streams(&self) -> StreamServiceClient<tonic::transport::Channel> {
-        StreamServiceClient::connect(self.endpoint())
+        StreamServiceClient::connect(self.endpoint.clone())
             .await
             .expect("connect")
     }
 
     /// A data-plane client with message limits raised for big records.
     pub async fn data(&self) -> DataServiceClient<tonic::transport::Channel> {
-        DataServiceClient::connect(self.endpoint())
+        DataServiceClient::connect(self.endpoint.clone())
             .await
             .expect("connect")
             .max_decoding_message_size(64 << 20)
@@ -308,6 +336,107 @@ impl NodeProcess {
             }
         }
         Ok(records)
+    }
+
+    /// Puts one record through `node`, retrying retryable failures (elections) for up to 20 s.
+    /// Returns the sequence number once acknowledged.
+    pub async fn put_acked(&self, stream: &str, key: &str, data: &str) -> (String, String) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let mut client = self.data().await;
+            match client
+                .put_record(pb::PutRecordRequest {
+                    stream_name: stream.into(),
+                    partition_key: key.into(),
+                    data: data.as_bytes().to_vec().into(),
+                    explicit_hash_key: None,
+                })
+                .await
+            {
+                Ok(reply) => {
+                    let reply = reply.into_inner();
+                    return (reply.shard_id, reply.sequence_number);
+                }
+                Err(status) => {
+                    assert!(
+                        error_code(&status) == "Unavailable" && Instant::now() < deadline,
+                        "put {data} via {}: {status:?}",
+                        self.endpoint
+                    );
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+
+    /// Every record of every shard as read through `node`: shard id -> [(sequence, data)].
+    pub async fn read_all(&self, stream: &str) -> ShardRecords {
+        let mut out = ShardRecords::new();
+        for shard in self.shards(stream).await {
+            let records = self
+                .read_shard(stream, &shard.shard_id)
+                .await
+                .unwrap_or_else(|s| panic!("read {} via {}: {s:?}", shard.shard_id, self.endpoint));
+            out.insert(
+                shard.shard_id.clone(),
+                records
+                    .into_iter()
+                    .map(|r| {
+                        (
+                            r.sequence_number,
+                            String::from_utf8(r.data.to_vec()).expect("utf8"),
+                        )
+                    })
+                    .collect(),
+            );
+        }
+        out
+    }
+
+    /// Waits (60 s at most) until the node serves client requests.
+    pub async fn wait_serving(&self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(mut client) = StreamServiceClient::connect(self.endpoint.clone()).await {
+                if client.list_streams(pb::ListStreamsRequest {}).await.is_ok() {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} did not serve within 60 s",
+                self.endpoint
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// Records per shard as read: shard id -> [(sequence number, data as text)].
+pub type ShardRecords = std::collections::BTreeMap<String, Vec<(String, String)>>;
+
+/// Asserts every acknowledged record is in `read` at its acknowledged sequence number,
+/// and that each shard's sequence numbers strictly increase.
+pub fn assert_contains_acked(read: &ShardRecords, acked: &[(String, String, String)], who: &str) {
+    for (shard, records) in read {
+        for pair in records.windows(2) {
+            let a: u128 = pair[0].0.parse().expect("decimal");
+            let b: u128 = pair[1].0.parse().expect("decimal");
+            assert!(
+                a < b,
+                "{who}: {shard} sequence numbers not increasing: {pair:?}"
+            );
+        }
+    }
+    for (shard, sequence, data) in acked {
+        let found = read
+            .get(shard)
+            .and_then(|records| records.iter().find(|(s, _)| s == sequence));
+        assert_eq!(
+            found.map(|(_, d)| d.as_str()),
+            Some(data.as_str()),
+            "{who}: acknowledged record {data} ({shard} {sequence}) is missing or different"
+        );
     }
 }
 

@@ -3,95 +3,10 @@
 //! and replacement of a node whose data dir was wiped, leadership spread and SIGTERM
 //! handoff.
 
-use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tributary_proto::v1 as pb;
-use tributary_tests::{error_code, Cluster, NodeProcess};
-
-/// Puts one record through `node`, retrying retryable failures (elections) for up to 20 s.
-/// Returns the sequence number once acknowledged.
-async fn put_acked(node: &NodeProcess, stream: &str, key: &str, data: &str) -> (String, String) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let mut client = node.data().await;
-        match client
-            .put_record(pb::PutRecordRequest {
-                stream_name: stream.into(),
-                partition_key: key.into(),
-                data: data.as_bytes().to_vec().into(),
-                explicit_hash_key: None,
-            })
-            .await
-        {
-            Ok(reply) => {
-                let reply = reply.into_inner();
-                return (reply.shard_id, reply.sequence_number);
-            }
-            Err(status) => {
-                assert!(
-                    error_code(&status) == "Unavailable" && Instant::now() < deadline,
-                    "put {data} via node {}: {status:?}",
-                    node.node_id
-                );
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    }
-}
-
-/// Every record of every shard as read through `node`: shard id -> [(sequence, data)].
-async fn read_all(node: &NodeProcess, stream: &str) -> BTreeMap<String, Vec<(String, String)>> {
-    let mut out = BTreeMap::new();
-    for shard in node.shards(stream).await {
-        let records = node
-            .read_shard(stream, &shard.shard_id)
-            .await
-            .unwrap_or_else(|s| panic!("read {} via node {}: {s:?}", shard.shard_id, node.node_id));
-        out.insert(
-            shard.shard_id.clone(),
-            records
-                .into_iter()
-                .map(|r| {
-                    (
-                        r.sequence_number,
-                        String::from_utf8(r.data.to_vec()).expect("utf8"),
-                    )
-                })
-                .collect(),
-        );
-    }
-    out
-}
-
-/// Asserts every acknowledged record is in `read` at its acknowledged sequence number,
-/// and that each shard's sequence numbers strictly increase.
-fn assert_contains_acked(
-    read: &BTreeMap<String, Vec<(String, String)>>,
-    acked: &[(String, String, String)],
-    who: &str,
-) {
-    for (shard, records) in read {
-        for pair in records.windows(2) {
-            let a: u128 = pair[0].0.parse().expect("decimal");
-            let b: u128 = pair[1].0.parse().expect("decimal");
-            assert!(
-                a < b,
-                "{who}: {shard} sequence numbers not increasing: {pair:?}"
-            );
-        }
-    }
-    for (shard, sequence, data) in acked {
-        let found = read
-            .get(shard)
-            .and_then(|records| records.iter().find(|(s, _)| s == sequence));
-        assert_eq!(
-            found.map(|(_, d)| d.as_str()),
-            Some(data.as_str()),
-            "{who}: acknowledged record {data} ({shard} {sequence}) is missing or different"
-        );
-    }
-}
+use tributary_tests::{assert_contains_acked, Cluster, ShardRecords};
 
 fn leader_counts(status: &pb::ClusterStatusResponse) -> Vec<u32> {
     status.nodes.iter().map(|n| n.shard_leaders).collect()
@@ -116,7 +31,9 @@ async fn bootstrap_in_any_order_replicate_and_survive_a_node_loss() {
     for i in 0..60u64 {
         let via = cluster.node(i % 3 + 1);
         let data = format!("before-{i}");
-        let (shard, seq) = put_acked(via, "orders", &format!("key-{}", i % 7), &data).await;
+        let (shard, seq) = via
+            .put_acked("orders", &format!("key-{}", i % 7), &data)
+            .await;
         acked.push((shard, seq, data));
     }
     let reads: Vec<_> = futures_reads(&cluster, &[1, 2, 3]).await;
@@ -132,7 +49,9 @@ async fn bootstrap_in_any_order_replicate_and_survive_a_node_loss() {
     for i in 0..60u64 {
         let via = cluster.node(alive[(i % 2) as usize]);
         let data = format!("after-{i}");
-        let (shard, seq) = put_acked(via, "orders", &format!("key-{}", i % 7), &data).await;
+        let (shard, seq) = via
+            .put_acked("orders", &format!("key-{}", i % 7), &data)
+            .await;
         acked.push((shard, seq, data));
     }
     let reads = futures_reads(&cluster, &alive).await;
@@ -155,13 +74,10 @@ async fn bootstrap_in_any_order_replicate_and_survive_a_node_loss() {
         .await;
 }
 
-async fn futures_reads(
-    cluster: &Cluster,
-    ids: &[u64],
-) -> Vec<(u64, BTreeMap<String, Vec<(String, String)>>)> {
+async fn futures_reads(cluster: &Cluster, ids: &[u64]) -> Vec<(u64, ShardRecords)> {
     let mut out = Vec::new();
     for id in ids {
-        out.push((*id, read_all(cluster.node(*id), "orders").await));
+        out.push((*id, cluster.node(*id).read_all("orders").await));
     }
     out
 }
@@ -173,7 +89,10 @@ async fn a_wiped_node_is_refused_until_replaced_then_catches_up() {
     let mut acked = Vec::new();
     for i in 0..30u64 {
         let data = format!("r-{i}");
-        let (shard, seq) = put_acked(cluster.node(1), "orders", &format!("k{i}"), &data).await;
+        let (shard, seq) = cluster
+            .node(1)
+            .put_acked("orders", &format!("k{i}"), &data)
+            .await;
         acked.push((shard, seq, data));
     }
 
@@ -202,7 +121,10 @@ async fn a_wiped_node_is_refused_until_replaced_then_catches_up() {
     // Writes go on with two nodes meanwhile.
     for i in 30..40u64 {
         let data = format!("r-{i}");
-        let (shard, seq) = put_acked(cluster.node(2), "orders", &format!("k{i}"), &data).await;
+        let (shard, seq) = cluster
+            .node(2)
+            .put_acked("orders", &format!("k{i}"), &data)
+            .await;
         acked.push((shard, seq, data));
     }
 
@@ -213,9 +135,9 @@ async fn a_wiped_node_is_refused_until_replaced_then_catches_up() {
     let groups = client.replace_node(3).await.expect("replace node 3");
     assert_eq!(groups, 3, "the metadata group and two shard groups");
     cluster.node_mut(3).wait_ready().await;
-    let read = read_all(cluster.node(3), "orders").await;
+    let read = cluster.node(3).read_all("orders").await;
     assert_contains_acked(&read, &acked, "replaced node 3");
-    assert_eq!(read, read_all(cluster.node(1), "orders").await);
+    assert_eq!(read, cluster.node(1).read_all("orders").await);
     // Replacing a node that has its data is refused and changes nothing.
     let err = client
         .replace_node(2)

@@ -12,6 +12,7 @@ pub mod metadata;
 pub mod node;
 pub mod peers;
 pub mod raft;
+pub mod raft_mux;
 pub mod reader;
 pub mod routing;
 pub mod sequence;

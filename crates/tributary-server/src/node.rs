@@ -1251,6 +1251,10 @@ impl Node {
         loop {
             let led: Vec<&Raft> = rafts.iter().filter(|r| leader_of(r) == Some(me)).collect();
             if led.is_empty() {
+                // Let the other followers hear from the new leaders (a heartbeat or two)
+                // before this node stops answering forwards.
+                tokio::time::sleep(Duration::from_millis(self.config.heartbeat_interval_ms * 2))
+                    .await;
                 tracing::info!("handed every leadership to peers");
                 return;
             }
@@ -1470,11 +1474,32 @@ fn forward_outcome(
                 })
             }
         }
+        // Could not connect: the request never left this node, so it is safe to retry
+        // with whoever leads next (the leader may have just stopped).
+        Err(status) if never_sent(&status) => Ok(LocalWrite::NotLeader(None)),
         Err(status) => Err(ApiError::unavailable(format!(
             "forwarding to the leader (node {leader}) failed: {}; the outcome is unknown, retry",
             status.message()
         ))),
     }
+}
+
+/// Whether a failed forward certainly never reached the peer (no connection was made).
+fn never_sent(status: &tonic::Status) -> bool {
+    use std::error::Error;
+    if status.code() != tonic::Code::Unavailable {
+        return false;
+    }
+    let mut source = status.source();
+    while let Some(err) = source {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::ConnectionRefused {
+                return true;
+            }
+        }
+        source = err.source();
+    }
+    status.message().contains("tcp connect error")
 }
 
 fn write_error<T>(

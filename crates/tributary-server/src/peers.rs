@@ -1,8 +1,9 @@
 //! Connections to the other nodes, and what this node last heard from each.
 //!
 //! One tonic `Channel` per peer address: a single long-lived HTTP/2 connection that carries
-//! the raft messages of every group plus forwarded client requests, multiplexed as streams
-//! (no connection per message). A background task asks every peer for its `NodeInfo` a few
+//! one batched stream with the raft messages of every group (`crate::raft_mux`), plus
+//! forwarded client requests and probes as their own HTTP/2 streams (no connection per
+//! message). A background task asks every peer for its `NodeInfo` a few
 //! times a second; that is the failure detector behind `up`/`down` in cluster status and
 //! behind the leadership balancer.
 
@@ -14,6 +15,7 @@ use tonic::transport::{Channel, Endpoint};
 use tributary_proto::v1 as pb;
 use tributary_proto::v1::peer_service_client::PeerServiceClient;
 
+use crate::raft_mux::RaftMux;
 use crate::service::MAX_MESSAGE_BYTES;
 
 /// How often peers are asked for their `NodeInfo`.
@@ -35,6 +37,7 @@ pub struct Peers {
     self_id: u64,
     addresses: RwLock<BTreeMap<u64, String>>,
     channels: Mutex<HashMap<String, Channel>>,
+    muxes: Mutex<HashMap<String, Arc<RaftMux>>>,
     views: RwLock<BTreeMap<u64, PeerView>>,
 }
 
@@ -45,6 +48,7 @@ impl Peers {
             self_id,
             addresses: RwLock::new(addresses),
             channels: Mutex::new(HashMap::new()),
+            muxes: Mutex::new(HashMap::new()),
             views: RwLock::new(BTreeMap::new()),
         })
     }
@@ -99,6 +103,15 @@ impl Peers {
         PeerServiceClient::new(self.channel(addr))
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES)
+    }
+
+    /// The batched raft message stream to `addr` (started on first use).
+    pub fn raft_mux(&self, addr: &str) -> Arc<RaftMux> {
+        let mut muxes = self.muxes.lock().unwrap_or_else(|p| p.into_inner());
+        muxes
+            .entry(addr.to_string())
+            .or_insert_with(|| RaftMux::start(self.client(addr), addr.to_string()))
+            .clone()
     }
 
     /// A client for a node by id.

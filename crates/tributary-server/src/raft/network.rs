@@ -1,7 +1,7 @@
 //! Raft messages between nodes.
 //!
-//! Every group's messages to a peer travel over that peer's one shared HTTP/2 connection
-//! (`crate::peers`), tagged with the group id and the incarnation the sender's membership
+//! Every group's messages to a peer travel over that peer's one batched stream
+//! (`crate::raft_mux`, on the shared HTTP/2 connection of `crate::peers`), tagged with the group id and the incarnation the sender's membership
 //! records for the target. Bodies are bincode of the openraft types (in flight only; never
 //! stored). Any failure to deliver, including "that group does not run there yet" and an
 //! incarnation mismatch, is reported to openraft as `Unreachable`, which makes it back off
@@ -21,12 +21,11 @@ use openraft::raft::{
 use openraft::{OptionalSend, RaftNetworkV2};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tonic::transport::Channel;
 use tributary_proto::v1 as pb;
-use tributary_proto::v1::peer_service_client::PeerServiceClient;
 
 use super::{GroupId, Member, TypeConfig, Vote};
 use crate::peers::Peers;
+use crate::raft_mux::RaftMux;
 
 /// A snapshot as it travels: the leader's vote, the snapshot's meta and its bytes.
 pub type SnapshotWire = (Vote, openraft::alias::SnapshotMetaOf<TypeConfig>, Vec<u8>);
@@ -48,7 +47,7 @@ impl PeerNetwork {
 
 /// One group's link to one peer.
 pub struct PeerLink {
-    client: PeerServiceClient<Channel>,
+    mux: Arc<RaftMux>,
     group: GroupId,
     from: u64,
     target: u64,
@@ -60,7 +59,7 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
 
     async fn new_client(&mut self, target: u64, node: &Member) -> Self::Network {
         PeerLink {
-            client: self.peers.client(&node.addr),
+            mux: self.peers.raft_mux(&node.addr),
             group: self.group,
             from: self.from,
             target,
@@ -82,23 +81,16 @@ impl PeerLink {
     ) -> Result<Resp, Unreachable<TypeConfig>> {
         let body = bincode::serialize(request)
             .map_err(|e| unreachable(format!("cannot encode a raft message: {e}")))?;
-        let mut message = tonic::Request::new(pb::RaftMessage {
+        let message = pb::RaftMessage {
             group_id: self.group,
             kind: kind as i32,
             from: self.from,
             target_incarnation: self.incarnation,
             body: body.into(),
-        });
-        message.set_timeout(ttl);
-        let reply = match tokio::time::timeout(ttl, self.client.raft(message)).await {
-            Ok(Ok(reply)) => reply.into_inner(),
-            Ok(Err(status)) => {
-                return Err(unreachable(format!(
-                    "node {}: {}",
-                    self.target,
-                    status.message()
-                )))
-            }
+        };
+        let reply = match tokio::time::timeout(ttl, self.mux.call(message)).await {
+            Ok(Ok(reply)) => reply,
+            Ok(Err(why)) => return Err(unreachable(format!("node {}: {why}", self.target))),
             Err(_) => {
                 return Err(unreachable(format!(
                     "node {} did not answer within {} ms",

@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tonic::{Request, Response, Status};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
 use tributary_proto::v1 as pb;
 use tributary_proto::v1::peer_service_server::PeerService;
 
@@ -14,6 +15,7 @@ use crate::error::ApiError;
 use crate::node::{Node, NOT_LEADER_PREFIX};
 use crate::raft::network::SnapshotWire;
 use crate::raft::{Raft, RecordBatch};
+use crate::raft_mux::serve_stream;
 
 /// The node-to-node service.
 pub struct PeerApi {
@@ -100,37 +102,48 @@ async fn handle(raft: &Raft, kind: pb::RaftMessageKind, body: &[u8]) -> pb::Raft
     }
 }
 
+/// One raft message from a peer: checked against this data dir's incarnation, routed to
+/// its group.
+async fn handle_message(node: &Node, message: pb::RaftMessage) -> pb::RaftReply {
+    let identity = node.identity();
+    if !identity.accepts(message.target_incarnation) {
+        return reply::<(), _>(Err(format!(
+            "node {} is incarnation {:x}, not {:x}: its data dir was replaced and it must be re-added (trib cluster replace-node {})",
+            identity.node_id, identity.incarnation, message.target_incarnation, identity.node_id
+        )));
+    }
+    let Some(raft) = node.raft_for(message.group_id) else {
+        return reply::<(), _>(Err(format!(
+            "group {} is not running on this node yet",
+            message.group_id
+        )));
+    };
+    let kind =
+        pb::RaftMessageKind::try_from(message.kind).unwrap_or(pb::RaftMessageKind::Unspecified);
+    if kind == pb::RaftMessageKind::AppendEntries {
+        if let Some(shard) = node.shard_group(message.group_id) {
+            shard.note_leader_contact();
+        }
+    }
+    handle(&raft, kind, &message.body).await
+}
+
 #[tonic::async_trait]
 impl PeerService for PeerApi {
-    async fn raft(
+    type RaftStreamStream = ReceiverStream<Result<pb::RaftFrame, Status>>;
+
+    async fn raft_stream(
         &self,
-        request: Request<pb::RaftMessage>,
-    ) -> Result<Response<pb::RaftReply>, Status> {
-        let message = request.into_inner();
-        let identity = self.node.identity();
-        if !identity.accepts(message.target_incarnation) {
-            return Ok(Response::new(pb::RaftReply {
-                body: Default::default(),
-                error: format!(
-                    "node {} is incarnation {:x}, not {:x}: its data dir was replaced and it must be re-added (trib cluster replace-node {})",
-                    identity.node_id, identity.incarnation, message.target_incarnation, identity.node_id
-                ),
-            }));
-        }
-        let Some(raft) = self.node.raft_for(message.group_id) else {
-            return Ok(Response::new(pb::RaftReply {
-                body: Default::default(),
-                error: format!("group {} is not running on this node yet", message.group_id),
-            }));
-        };
-        let kind =
-            pb::RaftMessageKind::try_from(message.kind).unwrap_or(pb::RaftMessageKind::Unspecified);
-        if kind == pb::RaftMessageKind::AppendEntries {
-            if let Some(shard) = self.node.shard_group(message.group_id) {
-                shard.note_leader_contact();
-            }
-        }
-        Ok(Response::new(handle(&raft, kind, &message.body).await))
+        request: Request<Streaming<pb::RaftFrame>>,
+    ) -> Result<Response<Self::RaftStreamStream>, Status> {
+        let node = self.node.clone();
+        Ok(Response::new(serve_stream(
+            request.into_inner(),
+            move |message| {
+                let node = node.clone();
+                async move { handle_message(&node, message).await }
+            },
+        )))
     }
 
     async fn node_info(
