@@ -234,3 +234,83 @@ async fn leaders_spread_evenly_and_sigterm_hands_them_off() {
         )
         .await;
 }
+
+/// Three consecutive free loopback ports.
+fn free_port_run() -> u16 {
+    for _ in 0..100 {
+        let base = tributary_tests::free_addr().port();
+        if base > 65_000 {
+            continue;
+        }
+        let taken = (1..3).any(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_err());
+        if !taken {
+            return base;
+        }
+    }
+    panic!("no three consecutive free ports");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tributary_dev_runs_three_nodes_stops_cleanly_and_keeps_data() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let base = free_port_run();
+    let start = || {
+        std::process::Command::new(tributary_tests::binary("tributary"))
+            .args(["dev", "--base-port", &base.to_string(), "--data-dir"])
+            .arg(dir.path())
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start tributary dev")
+    };
+    let node = |i: u16| tributary_tests::Remote {
+        endpoint: format!("http://127.0.0.1:{}", base + i),
+    };
+    let mut dev = start();
+    for i in 0..3 {
+        node(i).wait_serving().await;
+    }
+    node(0).create_stream("dev", 2).await;
+    let (shard, seq) = node(2).put_acked("dev", "k", "kept").await;
+
+    let stop = |dev: &mut std::process::Child| {
+        #[allow(unsafe_code)]
+        // SAFETY: sending SIGTERM to our own child by PID.
+        unsafe {
+            libc::kill(dev.id() as libc::pid_t, libc::SIGTERM);
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(Some(status)) = dev.try_wait() {
+                return status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "tributary dev did not stop"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    stop(&mut dev);
+    // All three nodes are gone: their ports accept no connections.
+    for i in 0..3 {
+        assert!(
+            std::net::TcpStream::connect(("127.0.0.1", base + i)).is_err(),
+            "node on port {} still listens after tributary dev stopped",
+            base + i
+        );
+    }
+
+    // Started again on the same data, the record is still there.
+    let mut dev = start();
+    for i in 0..3 {
+        node(i).wait_serving().await;
+    }
+    assert_contains_acked(
+        &node(1).read_all("dev").await,
+        &[(shard, seq, "kept".to_string())],
+        "restarted dev cluster",
+    );
+    stop(&mut dev);
+}

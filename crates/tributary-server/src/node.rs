@@ -899,7 +899,7 @@ impl Node {
                 .collect();
             (desired, creating)
         };
-        let running: Vec<GroupId> = self
+        let running: std::collections::HashSet<GroupId> = self
             .shards
             .read()
             .unwrap_or_else(|p| p.into_inner())
@@ -999,13 +999,17 @@ impl Node {
         stream_creating: bool,
     ) -> anyhow::Result<()> {
         let dir = group_dir(&self.config, group);
-        let (log, report) = GroupLogStore::open(
-            group,
-            &dir,
-            log_config(&self.config),
-            self.meta_store.clone(),
-            self.flusher.clone(),
-        )?;
+        // Opening recovers segment files with blocking I/O: keep it off the async workers'
+        // hot path so a node starting a thousand groups still answers its peers.
+        let (log, report) = tokio::task::block_in_place(|| {
+            GroupLogStore::open(
+                group,
+                &dir,
+                log_config(&self.config),
+                self.meta_store.clone(),
+                self.flusher.clone(),
+            )
+        })?;
         tracing::info!(group, stream_id, shard_index, ?report, "shard log opened");
         let fresh = !log.has_state();
         let (sm, tip) = GroupStateMachine::shard(group, self.meta_store.clone(), log.clone())?;
