@@ -4,14 +4,15 @@
 # CPU time the three node processes use over WINDOW seconds of no traffic.
 # Prints CPU as a percentage of one core, per node and in total.
 #
-#   benches/idle_cluster.sh [SHARDS] [QUIESCE_AFTER_MS]   (defaults: 1000, 2000; 0 = never)
+#   [BIN_DIR=target/release] benches/idle_cluster.sh [SHARDS] [QUIESCE_AFTER_MS]
+#   (defaults: target/debug, 1000 shards, 2000 ms; QUIESCE_AFTER_MS=0 = never quiesce)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 shards=${1:-1000}
 quiesce=${2:-2000}
 settle=${SETTLE:-15}
 window=${WINDOW:-30}
-bin="$PWD/target/debug"
+bin="${BIN_DIR:-$PWD/target/debug}"
 [ -x "$bin/tributary" ] || { echo "build first: cargo build --workspace --all-targets" >&2; exit 1; }
 dir=$(mktemp -d)
 base=$((20000 + RANDOM % 20000))
