@@ -23,7 +23,8 @@ use output::OutputFormat;
 #[derive(Debug, Parser)]
 #[command(name = "trib", version, about = "Tributary admin and data CLI")]
 struct Cli {
-    /// Any node of the cluster: http://HOST:PORT or HOST:PORT.
+    /// Any node of the cluster (http://HOST:PORT or HOST:PORT), or several, comma-separated:
+    /// requests then go to whichever of them answer.
     #[arg(
         long,
         global = true,

@@ -64,25 +64,41 @@ impl Client {
         Client::connect_with(endpoint, &ClientOptions::default()).await
     }
 
-    /// Connects to `endpoint` (`http://host:port` or `host:port`).
+    /// Connects to `endpoint` (`http://host:port` or `host:port`). A comma-separated list
+    /// of a cluster's nodes (`a:7101,b:7101,c:7101`) spreads requests over the nodes that
+    /// answer and keeps working while any of them is down (every node serves every request).
     pub async fn connect_with(endpoint: &str, options: &ClientOptions) -> Result<Client, Error> {
-        let uri = normalize_endpoint(endpoint)?;
-        let mut builder = Endpoint::from_shared(uri.clone())
-            .map_err(|error| {
-                Error::InvalidInput(format!(
-                    "endpoint '{endpoint}' is not a valid URL ({error}); expected http://HOST:PORT \
-                     or HOST:PORT"
-                ))
-            })?
-            .connect_timeout(options.connect_timeout)
-            .tcp_nodelay(true);
-        if let Some(timeout) = options.request_timeout {
-            builder = builder.timeout(timeout);
+        let uris = endpoint
+            .split(',')
+            .map(normalize_endpoint)
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut endpoints = Vec::with_capacity(uris.len());
+        for uri in &uris {
+            let mut builder = Endpoint::from_shared(uri.clone())
+                .map_err(|error| {
+                    Error::InvalidInput(format!(
+                        "endpoint '{uri}' is not a valid URL ({error}); expected http://HOST:PORT \
+                         or HOST:PORT"
+                    ))
+                })?
+                .connect_timeout(options.connect_timeout)
+                .tcp_nodelay(true);
+            if let Some(timeout) = options.request_timeout {
+                builder = builder.timeout(timeout);
+            }
+            endpoints.push(builder);
         }
-        let channel = builder.connect().await.map_err(|source| Error::Transport {
-            endpoint: uri.clone(),
-            source,
-        })?;
+        let uri = uris.join(",");
+        let channel = if endpoints.len() == 1 {
+            let only = endpoints.remove(0);
+            only.connect().await.map_err(|source| Error::Transport {
+                endpoint: uri.clone(),
+                source,
+            })?
+        } else {
+            // Connects lazily; a node that does not answer is skipped while others do.
+            Channel::balance_list(endpoints.into_iter())
+        };
         Ok(Client {
             endpoint: uri,
             streams: StreamServiceClient::new(channel.clone())
@@ -97,7 +113,7 @@ impl Client {
         })
     }
 
-    /// The endpoint URL this client is connected to.
+    /// The endpoint URL(s) this client is connected to (comma-separated for a list).
     pub fn endpoint(&self) -> &str {
         &self.endpoint
     }

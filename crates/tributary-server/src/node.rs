@@ -966,6 +966,23 @@ impl Node {
                 }
             }
         }
+        // A new group whose initializing node went down before it could initialize:
+        // the next voter in line takes over (same membership, so it is safe either way).
+        for (_, groups) in &creating {
+            for group in groups {
+                let Some(shard) = self.shard_group(*group) else {
+                    continue;
+                };
+                if leader_of(&shard.raft).is_none()
+                    && self.initializes(*group)
+                    && matches!(shard.raft.is_initialized().await, Ok(false))
+                {
+                    if let Err(err) = shard.raft.initialize(self.voters()).await {
+                        tracing::debug!(group, %err, "initializing a new shard group");
+                    }
+                }
+            }
+        }
         // Only the metadata leader marks streams ACTIVE (the others would only forward).
         let creating = if leader_of(&self.metadata_raft) == Some(self.config.node_id) {
             creating
