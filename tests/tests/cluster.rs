@@ -165,50 +165,11 @@ async fn leaders_spread_evenly_and_sigterm_hands_them_off() {
 
     // Keep writing through node 2 while node 1 is stopped with SIGTERM: it hands its
     // leaderships over first, so no write fails.
-    let writer = cluster.node(2).endpoint();
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let stop_writer = stop.clone();
-    let writes = tokio::spawn(async move {
-        let mut client = pb::data_service_client::DataServiceClient::connect(writer)
-            .await
-            .expect("connect");
-        let (mut ok, mut failed) = (0u32, Vec::new());
-        let mut i = 0u64;
-        while !stop_writer.load(std::sync::atomic::Ordering::SeqCst) {
-            let entries = (0..6)
-                .map(|k| pb::PutRecordsEntry {
-                    partition_key: format!("key-{k}-{i}"),
-                    data: format!("w-{i}-{k}").into_bytes().into(),
-                    explicit_hash_key: None,
-                })
-                .collect();
-            match client
-                .put_records(pb::PutRecordsRequest {
-                    stream_name: "spread".into(),
-                    records: entries,
-                })
-                .await
-            {
-                Ok(reply) => {
-                    for entry in reply.into_inner().records {
-                        if entry.error_code == 0 {
-                            ok += 1;
-                        } else {
-                            failed.push(entry.error_message);
-                        }
-                    }
-                }
-                Err(status) => failed.push(format!("{status:?}")),
-            }
-            i += 1;
-        }
-        (ok, failed)
-    });
+    let (stop, writes) = spawn_writer(cluster.node(2).endpoint(), "spread");
     tokio::time::sleep(Duration::from_millis(500)).await;
     cluster.node_mut(1).terminate();
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    stop.store(true, std::sync::atomic::Ordering::SeqCst);
-    let (ok, failed) = writes.await.expect("writer");
+    let (ok, failed) = stop_writer(stop, writes).await;
     assert!(ok > 0);
     assert!(
         failed.is_empty(),
@@ -233,6 +194,103 @@ async fn leaders_spread_evenly_and_sigterm_hands_them_off() {
             |s| leader_counts(s) == [2, 2, 2],
         )
         .await;
+}
+
+type Writer = (
+    std::sync::Arc<std::sync::atomic::AtomicBool>,
+    tokio::task::JoinHandle<(u32, Vec<String>)>,
+);
+
+/// Writes PutRecords of 6 records in a loop through `endpoint` until stopped; returns
+/// how many records were acknowledged and every failure.
+fn spawn_writer(endpoint: String, stream: &'static str) -> Writer {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop_writer = stop.clone();
+    let writes = tokio::spawn(async move {
+        let mut client = pb::data_service_client::DataServiceClient::connect(endpoint)
+            .await
+            .expect("connect");
+        let (mut ok, mut failed) = (0u32, Vec::new());
+        let mut i = 0u64;
+        while !stop_writer.load(std::sync::atomic::Ordering::SeqCst) {
+            let entries = (0..6)
+                .map(|k| pb::PutRecordsEntry {
+                    partition_key: format!("key-{k}-{i}"),
+                    data: format!("w-{i}-{k}").into_bytes().into(),
+                    explicit_hash_key: None,
+                })
+                .collect();
+            match client
+                .put_records(pb::PutRecordsRequest {
+                    stream_name: stream.into(),
+                    records: entries,
+                })
+                .await
+            {
+                Ok(reply) => {
+                    for entry in reply.into_inner().records {
+                        if entry.error_code == 0 {
+                            ok += 1;
+                        } else {
+                            failed.push(entry.error_message);
+                        }
+                    }
+                }
+                Err(status) => failed.push(format!("{status:?}")),
+            }
+            i += 1;
+        }
+        (ok, failed)
+    });
+    (stop, writes)
+}
+
+async fn stop_writer(
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    writes: tokio::task::JoinHandle<(u32, Vec<String>)>,
+) -> (u32, Vec<String>) {
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    writes.await.expect("writer")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_of_all_three_nodes_fails_no_write() {
+    let mut cluster = Cluster::start(&[]).await;
+    cluster.node(1).create_stream("rolling", 6).await;
+    cluster
+        .wait_status(1, "leaders spread", Duration::from_secs(15), |s| {
+            leader_counts(s) == [2, 2, 2]
+        })
+        .await;
+    for id in 1..=3u64 {
+        // Write through a node that stays up while `id` restarts.
+        let via = id % 3 + 1;
+        let (stop, writes) = spawn_writer(cluster.node(via).endpoint(), "rolling");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        cluster.node_mut(id).terminate();
+        cluster.node_mut(id).spawn_process();
+        cluster.node_mut(id).wait_ready().await;
+        cluster
+            .wait_status(via, "every node up again", Duration::from_secs(15), |s| {
+                s.nodes.iter().all(|n| n.state == "up")
+            })
+            .await;
+        let (ok, failed) = stop_writer(stop, writes).await;
+        assert!(ok > 0, "no write went through while node {id} restarted");
+        assert!(
+            failed.is_empty(),
+            "restarting node {id}: {} of {} records failed: {:?}",
+            failed.len(),
+            ok as usize + failed.len(),
+            &failed[..failed.len().min(5)]
+        );
+    }
+    let read = cluster.node(1).read_all("rolling").await;
+    assert_eq!(
+        read,
+        cluster.node(3).read_all("rolling").await,
+        "replicas diverge"
+    );
 }
 
 /// Three consecutive free loopback ports.
