@@ -1329,15 +1329,30 @@ impl Node {
                     "node {node_id} does not answer; start it (with its empty data dir) first, then retry"
                 ))
             })?;
-        if old.incarnation != 0 && old.incarnation == info.incarnation {
+        // Nothing to do when every group already has this incarnation as a voter (a node
+        // that kept its data, or a replacement that completed). A replacement that
+        // stopped halfway is simply run again: each group's step is idempotent.
+        let mut groups = vec![METADATA_GROUP];
+        groups.extend(self.metadata.read().shard_groups().map(|(_, s)| s.group_id));
+        let current = groups.iter().all(|group| {
+            self.raft_for(*group).is_some_and(|raft| {
+                let metrics = raft.metrics();
+                let metrics = openraft::async_runtime::WatchReceiver::borrow_watched(&metrics);
+                let membership = metrics.membership_config.membership();
+                let is_voter = membership.voter_ids().any(|id| id == node_id);
+                let same = membership
+                    .get_node(&node_id)
+                    .is_some_and(|m| m.incarnation == info.incarnation);
+                is_voter && same
+            })
+        });
+        if current {
             return Err(ApiError::invalid(format!(
-                "node {node_id} still has its data (incarnation {:x}); replace-node is only for a node whose data dir was lost",
+                "node {node_id} still has its data (incarnation {:x}) and votes in every group; replace-node is only for a node whose data dir was lost",
                 info.incarnation
             )));
         }
         let addr = old.addr.clone();
-        let mut groups = vec![METADATA_GROUP];
-        groups.extend(self.metadata.read().shard_groups().map(|(_, s)| s.group_id));
         let mut changed = 0;
         for group in groups {
             let raft = match self.raft_for(group) {
@@ -1394,11 +1409,17 @@ impl Node {
             (is_voter, node)
         };
         let member = Member { addr, incarnation };
-        if current == (true, Some(member.clone())) {
+        let (is_voter, recorded) = current;
+        if is_voter && recorded.as_ref() == Some(&member) {
             return Ok(()); // already done (a retried replace)
         }
-        if current.1.is_some() {
-            raft.change_membership(ChangeMembers::RemoveVoters([node_id].into()), false)
+        if recorded.is_some() && recorded.as_ref() != Some(&member) {
+            let change = if is_voter {
+                ChangeMembers::RemoveVoters([node_id].into())
+            } else {
+                ChangeMembers::RemoveNodes([node_id].into())
+            };
+            raft.change_membership(change, false)
                 .await
                 .map_err(change_error)?;
         }
