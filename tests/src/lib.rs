@@ -322,6 +322,7 @@ impl Remote {
                     shard_iterator: iterator.clone(),
                     limit: 0,
                     stream_name: None,
+                    wait_ms: None,
                 })
                 .await?
                 .into_inner();

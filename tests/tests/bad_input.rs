@@ -324,6 +324,7 @@ async fn bad_input_is_rejected_with_stable_codes_and_changes_nothing() {
             shard_iterator: other_iterator.clone(),
             limit: 0,
             stream_name: Some("good".into()),
+            wait_ms: None,
         })
         .await
         .expect_err("iterator of another stream");
@@ -343,6 +344,7 @@ async fn bad_input_is_rejected_with_stable_codes_and_changes_nothing() {
             shard_iterator: String::from_utf8(forged).expect("ascii"),
             limit: 0,
             stream_name: None,
+            wait_ms: None,
         })
         .await
         .expect_err("forged");
@@ -354,15 +356,31 @@ async fn bad_input_is_rejected_with_stable_codes_and_changes_nothing() {
     );
     let status = data
         .get_records(pb::GetRecordsRequest {
-            shard_iterator: other_iterator,
+            shard_iterator: other_iterator.clone(),
             limit: 10_001,
             stream_name: None,
+            wait_ms: None,
         })
         .await
         .expect_err("limit");
     assert_eq!(error_code(&status), "InvalidArgument");
     assert!(
         status.message().contains("at most 10000 records"),
+        "{}",
+        status.message()
+    );
+    let status = data
+        .get_records(pb::GetRecordsRequest {
+            shard_iterator: other_iterator,
+            limit: 0,
+            stream_name: None,
+            wait_ms: Some(10_001),
+        })
+        .await
+        .expect_err("wait");
+    assert_eq!(error_code(&status), "InvalidArgument");
+    assert!(
+        status.message().contains("waits at most 10000 ms"),
         "{}",
         status.message()
     );
@@ -397,6 +415,7 @@ async fn iterators_expire_after_the_configured_lifetime() {
             shard_iterator: iterator,
             limit: 0,
             stream_name: None,
+            wait_ms: None,
         })
         .await
         .expect_err("expired");

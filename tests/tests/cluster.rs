@@ -372,3 +372,79 @@ async fn tributary_dev_runs_three_nodes_stops_cleanly_and_keeps_data() {
     );
     stop(&mut dev);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_poll_get_records_returns_as_soon_as_a_record_commits() {
+    let cluster = Cluster::start(&[]).await;
+    cluster.node(1).create_stream("poll", 1).await;
+    // Poll a follower replica of the shard (any node serves reads).
+    let shard = cluster.node(1).shards("poll").await.remove(0).shard_id;
+    let reader = cluster.node(3).remote();
+    let mut data = reader.data().await;
+    let iterator = data
+        .get_shard_iterator(pb::GetShardIteratorRequest {
+            stream_name: "poll".into(),
+            shard_id: shard,
+            shard_iterator_type: pb::ShardIteratorType::Latest as i32,
+            ..Default::default()
+        })
+        .await
+        .expect("iterator")
+        .into_inner()
+        .shard_iterator;
+    // Without a wait, the tip answers at once and empty.
+    let empty = data
+        .get_records(pb::GetRecordsRequest {
+            shard_iterator: iterator.clone(),
+            limit: 0,
+            stream_name: None,
+            wait_ms: None,
+        })
+        .await
+        .expect("get")
+        .into_inner();
+    assert!(empty.records.is_empty());
+    let poll = tokio::spawn(async move {
+        let started = std::time::Instant::now();
+        let page = data
+            .get_records(pb::GetRecordsRequest {
+                shard_iterator: iterator,
+                limit: 0,
+                stream_name: None,
+                wait_ms: Some(8_000),
+            })
+            .await
+            .expect("long poll")
+            .into_inner();
+        (page, started.elapsed())
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (_, seq) = cluster.node(2).put_acked("poll", "k", "arrived").await;
+    let (page, waited) = poll.await.expect("poll task");
+    assert_eq!(
+        page.records.len(),
+        1,
+        "the long poll returns the new record"
+    );
+    assert_eq!(page.records[0].sequence_number, seq);
+    assert!(
+        waited < Duration::from_secs(6),
+        "the long poll returned after {waited:?}, not when the record committed"
+    );
+    // And an idle long poll returns empty after its wait.
+    let started = std::time::Instant::now();
+    let page = reader
+        .data()
+        .await
+        .get_records(pb::GetRecordsRequest {
+            shard_iterator: page.next_shard_iterator.expect("open shard"),
+            limit: 0,
+            stream_name: None,
+            wait_ms: Some(700),
+        })
+        .await
+        .expect("idle poll")
+        .into_inner();
+    assert!(page.records.is_empty());
+    assert!(started.elapsed() >= Duration::from_millis(650));
+}

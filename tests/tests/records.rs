@@ -181,6 +181,7 @@ async fn iterator_positions() {
                         shard_iterator: it,
                         limit: 0,
                         stream_name: Some("pos".into()),
+                        wait_ms: None,
                     })
                     .await
                     .expect("get records")
@@ -245,6 +246,7 @@ async fn iterator_positions() {
             shard_iterator: it,
             limit: 2,
             stream_name: None,
+            wait_ms: None,
         })
         .await
         .expect("page")
@@ -255,6 +257,7 @@ async fn iterator_positions() {
             shard_iterator: page.next_shard_iterator.expect("next"),
             limit: 0,
             stream_name: None,
+            wait_ms: None,
         })
         .await
         .expect("rest")

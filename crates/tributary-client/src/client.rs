@@ -239,6 +239,7 @@ impl Client {
             shard_iterator: shard_iterator.to_owned(),
             limit,
             stream_name: None,
+            wait_ms: None,
         };
         let response = self.data.clone().get_records(request).await?;
         Ok(response.into_inner())

@@ -125,6 +125,19 @@ pub fn max_record_bytes(bytes: u32) -> Result<u32, ApiError> {
     }
 }
 
+/// Longest long-poll wait a GetRecords may ask for, in milliseconds.
+pub const GET_RECORDS_MAX_WAIT_MS: u32 = 10_000;
+
+/// The long-poll wait of a GetRecords call (unset = 0 = no wait).
+pub fn get_records_wait(wait_ms: Option<u32>) -> Result<std::time::Duration, ApiError> {
+    match wait_ms.unwrap_or(0) {
+        w if w > GET_RECORDS_MAX_WAIT_MS => Err(ApiError::invalid(format!(
+            "wait_ms is {w}; GetRecords waits at most {GET_RECORDS_MAX_WAIT_MS} ms for new records"
+        ))),
+        w => Ok(std::time::Duration::from_millis(u64::from(w))),
+    }
+}
+
 /// Resolves a GetRecords limit (0 = the maximum) and checks it.
 pub fn get_records_limit(limit: u32) -> Result<u32, ApiError> {
     match limit {

@@ -305,6 +305,7 @@ impl DataService for DataApi {
     ) -> Result<Response<pb::GetRecordsResponse>, Status> {
         let request = request.into_inner();
         let limit = validation::get_records_limit(request.limit)?;
+        let wait = validation::get_records_wait(request.wait_ms)?;
         let codec = self.node.iterators()?;
         let now = self.node.now_ms();
         let position = codec.decode(&request.shard_iterator, now)?;
@@ -325,12 +326,22 @@ impl DataService for DataApi {
         }
         let group = self.shard_group(&stream, position.shard_index)?;
         self.node.catch_up_reads(&group).await?;
-        let page = reader::read(
-            &group,
-            (position.log_index, position.slot),
-            limit as usize,
-            GET_RECORDS_MAX_BYTES,
-        )?;
+        let from = (position.log_index, position.slot);
+        let mut page = reader::read(&group, from, limit as usize, GET_RECORDS_MAX_BYTES)?;
+        if page.records.is_empty() && !wait.is_zero() {
+            // Long poll: wake from the shard's apply watch (no timer polling) as soon as
+            // an entry past the position commits, then read again.
+            let mut tip = group.tip.clone();
+            let committed = tokio::time::timeout(wait, async {
+                tip.wait_for(|t| t.applied_index >= page.next.0)
+                    .await
+                    .map(|_| ())
+            })
+            .await;
+            if matches!(committed, Ok(Ok(()))) {
+                page = reader::read(&group, page.next, limit as usize, GET_RECORDS_MAX_BYTES)?;
+            }
+        }
         let next = codec.encode(&IteratorPosition {
             log_index: page.next.0,
             slot: page.next.1,
