@@ -22,7 +22,10 @@ ensure_rust() {
 ensure_build_packages() {
   local missing=()
   # libclang.so itself, not libclang-cpp.so (which machines often have without it).
-  if ! ls /usr/lib/llvm-*/lib/libclang.so* /usr/lib/llvm-*/lib/libclang-[0-9]*.so* /usr/lib/*/libclang.so* /usr/lib/*/libclang-[0-9]*.so* >/dev/null 2>&1; then
+  if ! compgen -G '/usr/lib/llvm-*/lib/libclang.so*' >/dev/null \
+    && ! compgen -G '/usr/lib/llvm-*/lib/libclang-[0-9]*.so*' >/dev/null \
+    && ! compgen -G '/usr/lib/*/libclang.so*' >/dev/null \
+    && ! compgen -G '/usr/lib/*/libclang-[0-9]*.so*' >/dev/null; then
     missing+=(libclang-dev)
   fi
   need_cmd g++ || missing+=(g++)
