@@ -428,6 +428,7 @@ mod tests {
             metadata_role: "leader".into(),
             shard_replicas: 3,
             shard_leaders: 1,
+            quiet_shards: 2,
         };
         assert_eq!(
             json_of(&NodeView::new(&node)),

@@ -438,7 +438,13 @@ impl Node {
             shard_leaders: leaders,
             ready: self.is_ready(),
             boot_id: self.boot_id,
+            quiet_shards: self.quiet_count(),
         }
+    }
+
+    /// Shard replicas here that are quiesced.
+    pub fn quiet_count(&self) -> u32 {
+        self.shard_groups().iter().filter(|g| g.is_quiet()).count() as u32
     }
 
     /// Shard groups hosted here and how many this node leads.

@@ -58,6 +58,7 @@ impl ClusterService for ClusterApi {
                         metadata_role: role_name(state).into(),
                         shard_replicas: replicas,
                         shard_leaders: leaders,
+                        quiet_shards: self.node.quiet_count(),
                     };
                 }
                 match self.node.peers().view(id) {
@@ -69,6 +70,7 @@ impl ClusterService for ClusterApi {
                         metadata_role: view.info.metadata_role,
                         shard_replicas: view.info.shard_replicas,
                         shard_leaders: view.info.shard_leaders,
+                        quiet_shards: view.info.quiet_shards,
                     },
                     None => pb::NodeStatus {
                         node_id: id,
@@ -78,6 +80,7 @@ impl ClusterService for ClusterApi {
                         metadata_role: "unknown".into(),
                         shard_replicas: 0,
                         shard_leaders: 0,
+                        quiet_shards: 0,
                     },
                 }
             })
