@@ -26,9 +26,11 @@ use crate::raft::meta_store::MetaStore;
 use crate::raft::network::PeerNetwork;
 use crate::raft::state_machine::{GroupStateMachine, MetadataShared, ShardTip};
 use crate::raft::{
-    raft_config, Command, CommandResponse, GroupId, Member, Members, Raft, RecordBatch,
+    raft_config, Command, CommandResponse, GroupId, Member, Members, Raft, RecordBatch, TypeConfig,
     METADATA_GROUP,
 };
+
+type RaftMetrics = openraft::RaftMetrics<TypeConfig>;
 
 /// A running shard group.
 pub struct ShardGroup {
@@ -144,6 +146,17 @@ enum LocalWrite<T> {
     Done(T),
     /// This replica does not lead the group (the leader, if known).
     NotLeader(Option<u64>),
+}
+
+impl<T> LocalWrite<T> {
+    /// For a request forwarded here: "not the leader" becomes the error the sender
+    /// recognizes (`NOT_LEADER_PREFIX`) and retries with the next leader.
+    fn into_result(self) -> Result<T, ApiError> {
+        match self {
+            LocalWrite::Done(value) => Ok(value),
+            LocalWrite::NotLeader(leader) => Err(not_leader(leader)),
+        }
+    }
 }
 
 impl Node {
@@ -282,14 +295,7 @@ impl Node {
             } else if answers.iter().all(|(_, info)| info.is_some()) {
                 let lowest = others.iter().copied().chain([me]).min().unwrap_or(me);
                 if lowest == me {
-                    let mut members = Members::new();
-                    members.insert(
-                        me,
-                        Member {
-                            addr: self.config.advertised_address(),
-                            incarnation: self.identity.incarnation,
-                        },
-                    );
+                    let mut members = self.single_member();
                     for (id, info) in &answers {
                         let info = info.as_ref().expect("all answered");
                         members.insert(
@@ -373,54 +379,51 @@ impl Node {
 
     /// The metadata group's members (node id -> address and incarnation).
     pub fn members(&self) -> Members {
-        let metrics = self.metadata_raft.metrics();
-        let metrics = openraft::async_runtime::WatchReceiver::borrow_watched(&metrics);
-        metrics
-            .membership_config
-            .membership()
-            .nodes()
-            .map(|(id, node)| (*id, node.clone()))
-            .collect()
+        with_metrics(&self.metadata_raft, |m| {
+            m.membership_config
+                .membership()
+                .nodes()
+                .map(|(id, node)| (*id, node.clone()))
+                .collect()
+        })
     }
 
     /// Whether this node initializes a new shard group: it is the group's preferred leader,
     /// or the first voter after it that is up.
     fn initializes(&self, group: GroupId) -> bool {
         let voters: Vec<u64> = self.voters().into_keys().collect();
-        if voters.is_empty() {
+        let Some(preferred) = preferred_leader(group, &voters) else {
             return true;
-        }
-        let preferred = (group as usize) % voters.len();
-        (0..voters.len())
-            .map(|step| voters[(preferred + step) % voters.len()])
-            .find(|id| self.peers.is_up(*id))
-            == Some(self.config.node_id)
+        };
+        let start = voters.iter().position(|id| *id == preferred).unwrap_or(0);
+        voters
+            .iter()
+            .cycle()
+            .skip(start)
+            .take(voters.len())
+            .find(|id| self.peers.is_up(**id))
+            == Some(&self.config.node_id)
     }
 
     /// The metadata group's voters.
     fn voters(&self) -> Members {
-        let metrics = self.metadata_raft.metrics();
-        let metrics = openraft::async_runtime::WatchReceiver::borrow_watched(&metrics);
-        let membership = metrics.membership_config.membership();
-        membership
-            .voter_ids()
-            .filter_map(|id| membership.get_node(&id).map(|n| (id, n.clone())))
-            .collect()
+        with_metrics(&self.metadata_raft, |m| {
+            let membership = m.membership_config.membership();
+            membership
+                .voter_ids()
+                .filter_map(|id| membership.get_node(&id).map(|n| (id, n.clone())))
+                .collect()
+        })
     }
 
     /// What this node tells its peers about itself.
     pub fn node_info(&self) -> tributary_proto::v1::NodeInfoReply {
-        let (role, members) = {
-            let metrics = self.metadata_raft.metrics();
-            let metrics = openraft::async_runtime::WatchReceiver::borrow_watched(&metrics);
-            let members: HashMap<u64, u64> = metrics
-                .membership_config
-                .membership()
-                .nodes()
-                .map(|(id, node)| (*id, node.incarnation))
-                .collect();
-            (role_name(metrics.state), members)
-        };
+        let role = with_metrics(&self.metadata_raft, |m| role_name(m.state));
+        let members: HashMap<u64, u64> = self
+            .members()
+            .into_iter()
+            .map(|(id, member)| (id, member.incarnation))
+            .collect();
         let (replicas, leaders) = self.shard_counts();
         tributary_proto::v1::NodeInfoReply {
             node_id: self.config.node_id,
@@ -603,28 +606,53 @@ impl Node {
     /// Proposes a metadata command and waits until it is applied; a node that does not
     /// lead the metadata group forwards it to the one that does.
     pub async fn propose_metadata(&self, command: MetadataCommand) -> Result<(), ApiError> {
-        let deadline = self.leader_change_deadline();
+        let me = self.config.node_id;
+        let command = &command;
+        let index = self
+            .on_leader(
+                &self.metadata_raft,
+                || "the metadata group's leadership kept changing".to_string(),
+                |leader| {
+                    Box::pin(async move {
+                        if leader == me {
+                            self.propose_metadata_local(command.clone()).await
+                        } else {
+                            self.forward_metadata(leader, command).await
+                        }
+                    })
+                },
+            )
+            .await?;
+        // Read your writes: this replica shows the change before the caller hears back.
+        let _ = self
+            .metadata_raft
+            .wait(Some(Duration::from_secs(5)))
+            .applied_index_at_least(Some(index), "metadata command applied here")
+            .await;
+        Ok(())
+    }
+
+    /// Runs `attempt(leader)` against a group's current leader (the attempt works locally
+    /// when the leader is this node and forwards otherwise), following leadership changes
+    /// (a "not the leader" answer means nothing was done) for up to three election
+    /// timeouts before giving up with a retryable error.
+    async fn on_leader<'a, T>(
+        &self,
+        raft: &Raft,
+        what: impl FnOnce() -> String,
+        attempt: impl Fn(u64) -> futures::future::BoxFuture<'a, Result<LocalWrite<T>, ApiError>>,
+    ) -> Result<T, ApiError> {
+        let deadline = tokio::time::Instant::now()
+            + Duration::from_millis(self.config.election_timeout_max_ms * 3);
         loop {
-            let leader = self.wait_leader(&self.metadata_raft).await?;
-            let outcome = if leader != self.config.node_id {
-                self.forward_metadata(leader, &command).await?
-            } else {
-                self.propose_metadata_local(command.clone()).await?
-            };
-            let LocalWrite::Done(index) = outcome else {
-                self.pause_for_leader_change(deadline, || {
-                    "the metadata group's leadership kept changing".to_string()
-                })
-                .await?;
-                continue;
-            };
-            // Read your writes: this replica shows the change before the caller hears back.
-            let _ = self
-                .metadata_raft
-                .wait(Some(Duration::from_secs(5)))
-                .applied_index_at_least(Some(index), "metadata command applied here")
-                .await;
-            return Ok(());
+            let leader = self.wait_leader(raft).await?;
+            if let LocalWrite::Done(value) = attempt(leader).await? {
+                return Ok(value);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ApiError::unavailable(format!("{}; retry", what())));
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
         }
     }
 
@@ -655,10 +683,7 @@ impl Node {
 
     /// Runs a forwarded metadata command here; the peer service calls this.
     pub async fn forwarded_metadata(&self, command: MetadataCommand) -> Result<u64, ApiError> {
-        match self.propose_metadata_local(command).await? {
-            LocalWrite::Done(index) => Ok(index),
-            LocalWrite::NotLeader(leader) => Err(not_leader(leader)),
-        }
+        self.propose_metadata_local(command).await?.into_result()
     }
 
     async fn forward_metadata(
@@ -699,45 +724,37 @@ impl Node {
     /// If the forward fails in flight, the outcome is unknown and the caller gets a
     /// retryable error (a retry may then store the batch twice: at-least-once, as Kinesis).
     pub async fn append(&self, group: &ShardGroup, batch: RecordBatch) -> Result<u64, ApiError> {
-        let deadline = self.leader_change_deadline();
-        loop {
-            let leader = self.wait_leader(&group.raft).await?;
-            let outcome = if leader != self.config.node_id {
-                self.forward_append(leader, group.group_id, &batch).await?
-            } else {
-                self.append_local(group, batch.clone()).await?
-            };
-            match outcome {
-                LocalWrite::Done(index) => return Ok(index),
-                LocalWrite::NotLeader(_) => {
-                    self.pause_for_leader_change(deadline, || {
-                        format!(
-                            "shard {}'s leadership kept changing",
-                            crate::metadata::shard_id(group.shard_index)
-                        )
-                    })
-                    .await?
-                }
-            }
-        }
-    }
-
-    /// How long a request keeps following a leadership change before it gives up.
-    fn leader_change_deadline(&self) -> tokio::time::Instant {
-        tokio::time::Instant::now() + Duration::from_millis(self.config.election_timeout_max_ms * 3)
-    }
-
-    /// Sleeps briefly before a retry with the next leader, or fails past the deadline.
-    async fn pause_for_leader_change(
-        &self,
-        deadline: tokio::time::Instant,
-        what: impl FnOnce() -> String,
-    ) -> Result<(), ApiError> {
-        if tokio::time::Instant::now() >= deadline {
-            return Err(ApiError::unavailable(format!("{}; retry", what())));
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-        Ok(())
+        let me = self.config.node_id;
+        // Encoded at most once, however many leaders the batch is forwarded to.
+        let encoded = std::sync::OnceLock::<bytes::Bytes>::new();
+        let (batch, encoded) = (&batch, &encoded);
+        self.on_leader(
+            &group.raft,
+            || {
+                format!(
+                    "shard {}'s leadership kept changing",
+                    crate::metadata::shard_id(group.shard_index)
+                )
+            },
+            |leader| {
+                Box::pin(async move {
+                    if leader == me {
+                        return self.append_local(group, batch.clone()).await;
+                    }
+                    let body = match encoded.get() {
+                        Some(body) => body.clone(),
+                        None => {
+                            let body = bincode::serialize(batch).map_err(|e| {
+                                ApiError::internal(format!("cannot encode a record batch: {e}"))
+                            })?;
+                            encoded.get_or_init(|| body.into()).clone()
+                        }
+                    };
+                    self.forward_append(leader, group.group_id, body).await
+                })
+            },
+        )
+        .await
     }
 
     async fn append_local(
@@ -763,24 +780,19 @@ impl Node {
                 "shard group {group} is not running on this node; retry"
             ))
         })?;
-        match self.append_local(&shard, batch).await? {
-            LocalWrite::Done(index) => Ok(index),
-            LocalWrite::NotLeader(leader) => Err(not_leader(leader)),
-        }
+        self.append_local(&shard, batch).await?.into_result()
     }
 
     async fn forward_append(
         &self,
         leader: u64,
         group: GroupId,
-        batch: &RecordBatch,
+        batch: bytes::Bytes,
     ) -> Result<LocalWrite<u64>, ApiError> {
-        let encoded = bincode::serialize(batch)
-            .map_err(|e| ApiError::internal(format!("cannot encode a record batch: {e}")))?;
         let mut client = self.peer_client(leader)?;
         let mut request = tonic::Request::new(tributary_proto::v1::ForwardAppendRequest {
             group_id: group,
-            batch: encoded.into(),
+            batch,
         });
         request.set_timeout(Duration::from_secs(30));
         forward_outcome(leader, client.forward_append(request).await)
@@ -790,24 +802,21 @@ impl Node {
     /// the leader confirms it still leads (a lease, else a heartbeat round to a majority),
     /// so a deposed leader that was paused never serves its stale tip as current.
     pub async fn read_index(&self, raft: &Raft, group: GroupId) -> Result<u64, ApiError> {
-        let deadline = self.leader_change_deadline();
-        loop {
-            let leader = self.wait_leader(raft).await?;
-            let outcome = if leader == self.config.node_id {
-                self.read_index_local(raft).await?
-            } else {
-                self.forward_read_index(leader, group).await?
-            };
-            match outcome {
-                LocalWrite::Done(index) => return Ok(index),
-                LocalWrite::NotLeader(_) => {
-                    self.pause_for_leader_change(deadline, || {
-                        format!("group {group}'s leadership kept changing")
-                    })
-                    .await?
-                }
-            }
-        }
+        let me = self.config.node_id;
+        self.on_leader(
+            raft,
+            || format!("group {group}'s leadership kept changing"),
+            |leader| {
+                Box::pin(async move {
+                    if leader == me {
+                        self.read_index_local(raft).await
+                    } else {
+                        self.forward_read_index(leader, group).await
+                    }
+                })
+            },
+        )
+        .await
     }
 
     async fn read_index_local(&self, raft: &Raft) -> Result<LocalWrite<u64>, ApiError> {
@@ -839,10 +848,7 @@ impl Node {
         let raft = self.raft_for(group).ok_or_else(|| {
             ApiError::unavailable(format!("group {group} is not running on this node; retry"))
         })?;
-        match self.read_index_local(&raft).await? {
-            LocalWrite::Done(index) => Ok(index),
-            LocalWrite::NotLeader(leader) => Err(not_leader(leader)),
-        }
+        self.read_index_local(&raft).await?.into_result()
     }
 
     async fn forward_read_index(
@@ -926,7 +932,6 @@ impl Node {
         {
             self.stop_group(*group).await;
         }
-        let creating_ids: Vec<u64> = creating.iter().map(|(id, _)| *id).collect();
         for (group, (stream_id, shard_index)) in &desired {
             let corrupt = self
                 .failed
@@ -937,15 +942,7 @@ impl Node {
             if running.contains(group) || corrupt {
                 continue;
             }
-            match self
-                .start_group(
-                    *group,
-                    *stream_id,
-                    *shard_index,
-                    creating_ids.contains(stream_id),
-                )
-                .await
-            {
+            match self.start_group(*group, *stream_id, *shard_index).await {
                 Ok(()) => {
                     self.failed
                         .write()
@@ -972,8 +969,14 @@ impl Node {
                 }
             }
         }
-        // A new group whose initializing node went down before it could initialize:
-        // the next voter in line takes over (same membership, so it is safe either way).
+        // A replica starts empty and uninitialized: it cannot start an election, and its
+        // leader fills it in (membership included), as for a replica created after the
+        // stream (its node was down, or was replaced). Only while the stream is CREATING
+        // does one node initialize each new group, with the metadata group's voters as
+        // members: the group's preferred leader, or the next voter that is up if it is
+        // not, so a thousand new groups do not hold three-way elections. Should that node
+        // go down before initializing, the next one in line does it on a later pass (two
+        // nodes initializing with the same membership is allowed by openraft).
         for (_, groups) in &creating {
             for group in groups {
                 let Some(shard) = self.shard_group(*group) else {
@@ -1019,7 +1022,6 @@ impl Node {
         group: GroupId,
         stream_id: u64,
         shard_index: u32,
-        stream_creating: bool,
     ) -> anyhow::Result<()> {
         let dir = group_dir(&self.config, group);
         // Opening recovers segment files with blocking I/O: keep it off the async workers'
@@ -1034,7 +1036,6 @@ impl Node {
             )
         })?;
         tracing::info!(group, stream_id, shard_index, ?report, "shard log opened");
-        let fresh = !log.has_state();
         let (sm, tip) = GroupStateMachine::shard(group, self.meta_store.clone(), log.clone())?;
         let raft = Raft::new(
             self.config.node_id,
@@ -1045,17 +1046,6 @@ impl Node {
         )
         .await
         .map_err(io)?;
-        // A new shard gets one replica on every voter of the cluster. Only its preferred
-        // leader (voter `group_id mod voters`; the next voter if that node is down)
-        // initializes the group, with the metadata group's voters as members, and so
-        // campaigns alone: a thousand new groups do not hold three-way elections. The
-        // others start empty and uninitialized (they cannot start an election) and get the
-        // membership from the leader, as does a replica created later (its node was down
-        // while the stream was created, or was replaced). Two nodes initializing with the
-        // same membership, if their views of who is up differ, is allowed by openraft.
-        if fresh && stream_creating && self.initializes(group) {
-            raft.initialize(self.voters()).await.map_err(io)?;
-        }
         let shard = Arc::new(ShardGroup {
             group_id: group,
             stream_id,
@@ -1132,9 +1122,8 @@ impl Node {
     /// Moves shard leaderships to their preferred nodes, a few at a time, so leaders
     /// spread evenly over the nodes that are up and re-spread when a node returns.
     ///
-    /// The preferred leader of a group is its `group_id mod voters`-th voter: group ids are
-    /// allocated in sequence, so every node prefers an equal share. Only the current leader
-    /// acts, only toward a peer that is up, serving and caught up with the leader's log.
+    /// See `preferred_leader`. Only the current leader acts, only toward a peer that is up,
+    /// serving and caught up with the leader's log.
     async fn rebalance_loop(node: Arc<Node>) {
         const MOVES_PER_ROUND: usize = 16;
         let interval = Duration::from_millis(node.config.rebalance_interval_ms);
@@ -1149,26 +1138,13 @@ impl Node {
                 if moved >= MOVES_PER_ROUND {
                     break;
                 }
-                let target = {
-                    let metrics = group.raft.metrics();
-                    let metrics = openraft::async_runtime::WatchReceiver::borrow_watched(&metrics);
-                    if metrics.current_leader != Some(me) {
-                        continue;
+                let target = with_metrics(&group.raft, |m| {
+                    if m.current_leader != Some(me) {
+                        return None;
                     }
-                    let voters: Vec<u64> =
-                        metrics.membership_config.membership().voter_ids().collect();
-                    if voters.len() < 2 {
-                        continue;
-                    }
-                    let preferred = voters[(group.group_id as usize) % voters.len()];
-                    let caught_up = metrics
-                        .replication
-                        .as_ref()
-                        .and_then(|r| r.get(&preferred).cloned().flatten())
-                        .map(|id| id.index)
-                        >= metrics.last_log_index;
-                    (preferred != me && caught_up).then_some(preferred)
-                };
+                    preferred_leader(group.group_id, &voter_ids(m))
+                        .filter(|preferred| *preferred != me && has_whole_log(m, *preferred))
+                });
                 let Some(target) = target else { continue };
                 if !node.peers.can_lead(target) {
                     continue;
@@ -1203,19 +1179,13 @@ impl Node {
         loop {
             tokio::time::sleep(Duration::from_millis(250)).await;
             for group in node.shard_groups() {
-                let (leader, last_index, followers_done) = {
-                    let metrics = group.raft.metrics();
-                    let metrics = openraft::async_runtime::WatchReceiver::borrow_watched(&metrics);
-                    let last = metrics.last_log_index;
-                    let done = metrics.replication.as_ref().is_some_and(|r| {
-                        r.iter().all(|(id, matched)| {
-                            *id == me
-                                || matched.as_ref().map(|m| m.index) >= last
-                                || !node.peers.is_up(*id)
-                        })
+                let (leader, last_index, followers_done) = with_metrics(&group.raft, |m| {
+                    let done = m.replication.as_ref().is_some_and(|r| {
+                        r.keys()
+                            .all(|id| *id == me || has_whole_log(m, *id) || !node.peers.is_up(*id))
                     });
-                    (metrics.current_leader, last, done)
-                };
+                    (m.current_leader, m.last_log_index, done)
+                });
                 let idle = {
                     let mut activity = group.activity.lock().unwrap_or_else(|p| p.into_inner());
                     if activity.1 != last_index {
@@ -1293,23 +1263,12 @@ impl Node {
                 return;
             }
             for raft in led {
-                let target = {
-                    let metrics = raft.metrics();
-                    let metrics = openraft::async_runtime::WatchReceiver::borrow_watched(&metrics);
-                    let last = metrics.last_log_index;
-                    let replication = metrics.replication.clone().unwrap_or_default();
-                    let voters: Vec<u64> =
-                        metrics.membership_config.membership().voter_ids().collect();
-                    voters
+                let target = with_metrics(raft, |m| {
+                    voter_ids(m)
                         .into_iter()
                         .filter(|id| *id != me && self.peers.can_lead(*id))
-                        .max_by_key(|id| {
-                            (
-                                replication.get(id).cloned().flatten().map(|l| l.index) >= last,
-                                *id,
-                            )
-                        })
-                };
+                        .max_by_key(|id| (has_whole_log(m, *id), *id))
+                });
                 if let Some(target) = target {
                     let _ = raft.trigger().transfer_leader(target).await;
                 }
@@ -1342,14 +1301,8 @@ impl Node {
         groups.extend(self.metadata.read().shard_groups().map(|(_, s)| s.group_id));
         let current = groups.iter().all(|group| {
             self.raft_for(*group).is_some_and(|raft| {
-                let metrics = raft.metrics();
-                let metrics = openraft::async_runtime::WatchReceiver::borrow_watched(&metrics);
-                let membership = metrics.membership_config.membership();
-                let is_voter = membership.voter_ids().any(|id| id == node_id);
-                let same = membership
-                    .get_node(&node_id)
-                    .is_some_and(|m| m.incarnation == info.incarnation);
-                is_voter && same
+                let (is_voter, recorded) = membership_of(&raft, node_id);
+                is_voter && recorded.is_some_and(|m| m.incarnation == info.incarnation)
             })
         });
         if current {
@@ -1406,16 +1359,8 @@ impl Node {
             Ok(_) => not_leader(None),
             Err(err) => err,
         };
-        let current = {
-            let metrics = raft.metrics();
-            let metrics = openraft::async_runtime::WatchReceiver::borrow_watched(&metrics);
-            let membership = metrics.membership_config.membership();
-            let is_voter = membership.voter_ids().any(|id| id == node_id);
-            let node = membership.get_node(&node_id).cloned();
-            (is_voter, node)
-        };
         let member = Member { addr, incarnation };
-        let (is_voter, recorded) = current;
+        let (is_voter, recorded) = membership_of(&raft, node_id);
         if is_voter && recorded.as_ref() == Some(&member) {
             return Ok(()); // already done (a retried replace)
         }
@@ -1459,11 +1404,47 @@ fn remove_dir_if_present(dir: &Path) -> std::io::Result<()> {
     }
 }
 
+/// Reads a group's raft metrics. The watch borrow ends before this returns, so it is never
+/// held across an await (which can stall openraft's core).
+pub fn with_metrics<T>(raft: &Raft, read: impl FnOnce(&RaftMetrics) -> T) -> T {
+    let metrics = raft.metrics();
+    let metrics = openraft::async_runtime::WatchReceiver::borrow_watched(&metrics);
+    read(&metrics)
+}
+
 /// The leader a group's replica currently knows of.
 pub fn leader_of(raft: &Raft) -> Option<u64> {
-    let metrics = raft.metrics();
-    let leader = openraft::async_runtime::WatchReceiver::borrow_watched(&metrics).current_leader;
-    leader
+    with_metrics(raft, |m| m.current_leader)
+}
+
+/// On a leader: whether `node`'s replica holds the leader's whole log.
+fn has_whole_log(metrics: &RaftMetrics, node: u64) -> bool {
+    metrics
+        .replication
+        .as_ref()
+        .and_then(|r| r.get(&node).cloned().flatten())
+        .map(|id| id.index)
+        >= metrics.last_log_index
+}
+
+/// A group's voter ids, in order.
+fn voter_ids(metrics: &RaftMetrics) -> Vec<u64> {
+    metrics.membership_config.membership().voter_ids().collect()
+}
+
+/// The node that should lead a group: voter `group_id mod voters`. Group ids are
+/// allocated in sequence, so every node is preferred by an equal share of the groups.
+fn preferred_leader(group: GroupId, voters: &[u64]) -> Option<u64> {
+    (!voters.is_empty()).then(|| voters[(group as usize) % voters.len()])
+}
+
+/// Whether `node` votes in a group, and what its membership records for it.
+fn membership_of(raft: &Raft, node: u64) -> (bool, Option<Member>) {
+    with_metrics(raft, |m| {
+        let membership = m.membership_config.membership();
+        let is_voter = membership.voter_ids().any(|id| id == node);
+        (is_voter, membership.get_node(&node).cloned())
+    })
 }
 
 /// A raft role as `trib cluster status` names it.

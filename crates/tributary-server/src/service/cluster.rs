@@ -6,7 +6,7 @@ use tonic::{Request, Response, Status};
 use tributary_proto::v1 as pb;
 use tributary_proto::v1::cluster_service_server::ClusterService;
 
-use crate::node::{role_name, Node};
+use crate::node::{role_name, with_metrics, Node};
 
 /// The cluster view service.
 pub struct ClusterApi {
@@ -27,11 +27,8 @@ impl ClusterService for ClusterApi {
         _request: Request<pb::ClusterStatusRequest>,
     ) -> Result<Response<pb::ClusterStatusResponse>, Status> {
         let me = self.node.config().node_id;
-        let (state, leader) = {
-            let metrics = self.node.metadata_raft().metrics();
-            let metrics = openraft::async_runtime::WatchReceiver::borrow_watched(&metrics);
-            (metrics.state, metrics.current_leader)
-        };
+        let (state, leader) =
+            with_metrics(self.node.metadata_raft(), |m| (m.state, m.current_leader));
         let mut ids: Vec<u64> = self.node.members().into_keys().collect();
         for id in self.node.peers().addresses().into_keys() {
             if !ids.contains(&id) {
