@@ -342,6 +342,17 @@ impl Remote {
     /// Puts one record through `node`, retrying retryable failures (elections) for up to 20 s.
     /// Returns the sequence number once acknowledged.
     pub async fn put_acked(&self, stream: &str, key: &str, data: &str) -> (String, String) {
+        self.put_acked_with(stream, key, None, data).await
+    }
+
+    /// Like `put_acked`, routed by `explicit_hash_key` when given.
+    pub async fn put_acked_with(
+        &self,
+        stream: &str,
+        key: &str,
+        explicit_hash_key: Option<&str>,
+        data: &str,
+    ) -> (String, String) {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let mut client = self.data().await;
@@ -350,7 +361,7 @@ impl Remote {
                     stream_name: stream.into(),
                     partition_key: key.into(),
                     data: data.as_bytes().to_vec().into(),
-                    explicit_hash_key: None,
+                    explicit_hash_key: explicit_hash_key.map(str::to_string),
                 })
                 .await
             {
@@ -364,7 +375,7 @@ impl Remote {
                         "put {data} via {}: {status:?}",
                         self.endpoint
                     );
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             }
         }

@@ -449,40 +449,6 @@ async fn long_poll_get_records_returns_as_soon_as_a_record_commits() {
     assert!(started.elapsed() >= Duration::from_millis(650));
 }
 
-/// Puts one record to the shard whose range starts at `hash` through `node`, retrying
-/// Unavailable for up to 20 s; returns how long it took.
-async fn put_to_shard(
-    node: &tributary_tests::Remote,
-    stream: &str,
-    hash: &str,
-    data: &str,
-) -> (String, Duration) {
-    let started = std::time::Instant::now();
-    loop {
-        let reply = node
-            .data()
-            .await
-            .put_record(pb::PutRecordRequest {
-                stream_name: stream.into(),
-                partition_key: "k".into(),
-                data: data.as_bytes().to_vec().into(),
-                explicit_hash_key: Some(hash.into()),
-            })
-            .await;
-        match reply {
-            Ok(reply) => return (reply.into_inner().sequence_number, started.elapsed()),
-            Err(status) => {
-                assert!(
-                    tributary_tests::error_code(&status) == "Unavailable"
-                        && started.elapsed() < Duration::from_secs(20),
-                    "put {data}: {status:?}"
-                );
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quiesced_shards_elect_new_leaders_when_their_leaders_node_dies() {
     let mut cluster = Cluster::start(&[]).await;
@@ -496,13 +462,10 @@ async fn quiesced_shards_elect_new_leaders_when_their_leaders_node_dies() {
     let mut acked = Vec::new();
     for shard in &shards {
         let data = format!("before-{}", shard.shard_id);
-        let (seq, _) = put_to_shard(
-            &cluster.node(2).remote(),
-            "quiet",
-            &shard.starting_hash_key,
-            &data,
-        )
-        .await;
+        let (_, seq) = cluster
+            .node(2)
+            .put_acked_with("quiet", "k", Some(&shard.starting_hash_key), &data)
+            .await;
         acked.push((shard.shard_id.clone(), seq, data));
     }
     // Idle: every replica of every shard goes quiet (no raft timers).
@@ -518,14 +481,12 @@ async fn quiesced_shards_elect_new_leaders_when_their_leaders_node_dies() {
     let mut slowest = Duration::ZERO;
     for shard in &shards {
         let data = format!("after-{}", shard.shard_id);
-        let (seq, took) = put_to_shard(
-            &cluster.node(2).remote(),
-            "quiet",
-            &shard.starting_hash_key,
-            &data,
-        )
-        .await;
-        slowest = slowest.max(took);
+        let started = std::time::Instant::now();
+        let (_, seq) = cluster
+            .node(2)
+            .put_acked_with("quiet", "k", Some(&shard.starting_hash_key), &data)
+            .await;
+        slowest = slowest.max(started.elapsed());
         acked.push((shard.shard_id.clone(), seq, data));
     }
     eprintln!("quiet shards took writes again {slowest:?} after their leader's node died");

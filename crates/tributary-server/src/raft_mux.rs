@@ -10,7 +10,7 @@
 //! `Unreachable` and backs off) and is reopened on the next call.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use prost::Message;
@@ -94,7 +94,8 @@ async fn run(
                 continue;
             }
         };
-        let pending: Arc<Mutex<HashMap<u64, oneshot::Sender<Reply>>>> = Default::default();
+        // Only this task touches the pending calls: no lock.
+        let mut pending: HashMap<u64, oneshot::Sender<Reply>> = HashMap::new();
         let mut carry = Some(first);
         let why = loop {
             let call = match carry.take() {
@@ -106,7 +107,7 @@ async fn run(
                     },
                     frame = inbound.message() => match frame {
                         Ok(Some(frame)) => {
-                            deliver(&pending, frame);
+                            deliver(&mut pending, frame);
                             continue;
                         }
                         Ok(None) => break format!("{target} closed the raft stream"),
@@ -116,22 +117,19 @@ async fn run(
             };
             let calls = pack(call, &mut queue);
             let mut envelopes = Vec::with_capacity(calls.len());
-            {
-                let mut pending = pending.lock().unwrap_or_else(|p| p.into_inner());
-                // Forget calls whose caller gave up (timed out), so a peer that never
-                // answers cannot grow this map without bound.
-                if pending.len() > 4096 {
-                    pending.retain(|_, tx| !tx.is_closed());
-                }
-                for (message, tx) in calls {
-                    next_id += 1;
-                    pending.insert(next_id, tx);
-                    envelopes.push(pb::RaftEnvelope {
-                        id: next_id,
-                        message: Some(message),
-                        reply: None,
-                    });
-                }
+            // Forget calls whose caller gave up (timed out), so a peer that never
+            // answers cannot grow this map without bound.
+            if pending.len() > 4096 {
+                pending.retain(|_, tx| !tx.is_closed());
+            }
+            for (message, tx) in calls {
+                next_id += 1;
+                pending.insert(next_id, tx);
+                envelopes.push(pb::RaftEnvelope {
+                    id: next_id,
+                    message: Some(message),
+                    reply: None,
+                });
             }
             // Read replies while waiting for room to send, or a full outbound buffer
             // would stall the replies that free it.
@@ -141,7 +139,7 @@ async fn run(
                 tokio::select! {
                     sent = &mut send => break sent.is_ok(),
                     frame = inbound.message() => match frame {
-                        Ok(Some(frame)) => deliver(&pending, frame),
+                        Ok(Some(frame)) => deliver(&mut pending, frame),
                         _ => break false,
                     },
                 }
@@ -150,7 +148,6 @@ async fn run(
                 break format!("raft stream to {target} broke while sending");
             }
         };
-        let mut pending = pending.lock().unwrap_or_else(|p| p.into_inner());
         for (_, tx) in pending.drain() {
             let _ = tx.send(Err(why.clone()));
         }
@@ -158,8 +155,7 @@ async fn run(
     }
 }
 
-fn deliver(pending: &Mutex<HashMap<u64, oneshot::Sender<Reply>>>, frame: pb::RaftFrame) {
-    let mut pending = pending.lock().unwrap_or_else(|p| p.into_inner());
+fn deliver(pending: &mut HashMap<u64, oneshot::Sender<Reply>>, frame: pb::RaftFrame) {
     for envelope in frame.envelopes {
         if let Some(tx) = pending.remove(&envelope.id) {
             let _ = tx.send(
