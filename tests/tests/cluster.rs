@@ -109,9 +109,11 @@ async fn a_wiped_node_is_refused_until_replaced_then_catches_up() {
         .await
         .list_streams(pb::ListStreamsRequest {})
         .await;
+    let refused = refused.expect_err("a wiped node must not serve before it is replaced");
+    assert_eq!(tributary_tests::error_code(&refused), "Unavailable");
     assert!(
-        refused.is_err(),
-        "a wiped node must not serve before it is replaced"
+        refused.message().contains("this node is starting"),
+        "{refused:?}"
     );
     assert!(
         node3.log().contains("empty data dir"),

@@ -141,22 +141,14 @@ fn io(err: impl std::fmt::Display) -> anyhow::Error {
     anyhow::anyhow!("{err}")
 }
 
-/// What a write attempted on this node's replica of a group came to.
-enum LocalWrite<T> {
+/// What an operation on this node's replica of a group came to: done, or not done because
+/// this replica does not lead the group (which a forwarding node retries with the next
+/// leader).
+pub enum LocalWrite<T> {
+    /// Done, with its result.
     Done(T),
     /// This replica does not lead the group (the leader, if known).
     NotLeader(Option<u64>),
-}
-
-impl<T> LocalWrite<T> {
-    /// For a request forwarded here: "not the leader" becomes the error the sender
-    /// recognizes (`NOT_LEADER_PREFIX`) and retries with the next leader.
-    fn into_result(self) -> Result<T, ApiError> {
-        match self {
-            LocalWrite::Done(value) => Ok(value),
-            LocalWrite::NotLeader(leader) => Err(not_leader(leader)),
-        }
-    }
 }
 
 impl Node {
@@ -682,8 +674,11 @@ impl Node {
     }
 
     /// Runs a forwarded metadata command here; the peer service calls this.
-    pub async fn forwarded_metadata(&self, command: MetadataCommand) -> Result<u64, ApiError> {
-        self.propose_metadata_local(command).await?.into_result()
+    pub async fn forwarded_metadata(
+        &self,
+        command: MetadataCommand,
+    ) -> Result<LocalWrite<u64>, ApiError> {
+        self.propose_metadata_local(command).await
     }
 
     async fn forward_metadata(
@@ -774,13 +769,13 @@ impl Node {
         &self,
         group: GroupId,
         batch: RecordBatch,
-    ) -> Result<u64, ApiError> {
+    ) -> Result<LocalWrite<u64>, ApiError> {
         let shard = self.shard_group(group).ok_or_else(|| {
             ApiError::unavailable(format!(
                 "shard group {group} is not running on this node; retry"
             ))
         })?;
-        self.append_local(&shard, batch).await?.into_result()
+        self.append_local(&shard, batch).await
     }
 
     async fn forward_append(
@@ -841,14 +836,14 @@ impl Node {
     }
 
     /// The read index of a group this node leads; the peer service calls this.
-    pub async fn forwarded_read_index(&self, group: GroupId) -> Result<u64, ApiError> {
+    pub async fn forwarded_read_index(&self, group: GroupId) -> Result<LocalWrite<u64>, ApiError> {
         if let Some(shard) = self.shard_group(group) {
             shard.touch();
         }
         let raft = self.raft_for(group).ok_or_else(|| {
             ApiError::unavailable(format!("group {group} is not running on this node; retry"))
         })?;
-        self.read_index_local(&raft).await?.into_result()
+        self.read_index_local(&raft).await
     }
 
     async fn forward_read_index(
@@ -1320,8 +1315,12 @@ impl Node {
             };
             let leader = self.wait_leader(&raft).await?;
             if leader == self.config.node_id {
-                self.replace_member_local(group, node_id, addr.clone(), info.incarnation)
+                let outcome = self
+                    .replace_member_local(group, node_id, addr.clone(), info.incarnation)
                     .await?;
+                if let LocalWrite::NotLeader(leader) = outcome {
+                    return Err(not_leader(leader));
+                }
             } else {
                 let mut client = self.peer_client(leader)?;
                 let mut request = tonic::Request::new(tributary_proto::v1::ReplaceMemberRequest {
@@ -1346,14 +1345,14 @@ impl Node {
         node_id: u64,
         addr: String,
         incarnation: u64,
-    ) -> Result<(), ApiError> {
+    ) -> Result<LocalWrite<()>, ApiError> {
         use openraft::ChangeMembers;
         let raft = self.raft_for(group).ok_or_else(|| {
             ApiError::unavailable(format!("group {group} is not running on this node; retry"))
         })?;
         let leader = leader_of(&raft);
         if leader != Some(self.config.node_id) {
-            return Err(not_leader(leader));
+            return Ok(LocalWrite::NotLeader(leader));
         }
         let change_error = |err| match write_error::<()>(err) {
             Ok(_) => not_leader(None),
@@ -1362,7 +1361,7 @@ impl Node {
         let member = Member { addr, incarnation };
         let (is_voter, recorded) = membership_of(&raft, node_id);
         if is_voter && recorded.as_ref() == Some(&member) {
-            return Ok(()); // already done (a retried replace)
+            return Ok(LocalWrite::Done(())); // already done (a retried replace)
         }
         if recorded.is_some() && recorded.as_ref() != Some(&member) {
             let change = if is_voter {
@@ -1380,7 +1379,7 @@ impl Node {
         raft.change_membership(ChangeMembers::AddVoterIds([node_id].into()), false)
             .await
             .map_err(change_error)?;
-        Ok(())
+        Ok(LocalWrite::Done(()))
     }
 
     /// Stops every group (for tests and orderly shutdown).
@@ -1459,14 +1458,11 @@ pub fn role_name(state: openraft::ServerState) -> &'static str {
     }
 }
 
-/// How a "this replica does not lead the group" error begins (a forwarded request that
-/// was not applied, which the sender may retry at once).
-pub const NOT_LEADER_PREFIX: &str = "not the leader:";
-
-fn not_leader(leader: Option<u64>) -> ApiError {
+/// The error for an operation that found its replica not leading the group.
+pub fn not_leader(leader: Option<u64>) -> ApiError {
     ApiError::unavailable(match leader {
-        Some(id) => format!("{NOT_LEADER_PREFIX} leadership moved to node {id}; retry"),
-        None => format!("{NOT_LEADER_PREFIX} leadership is changing; retry"),
+        Some(id) => format!("not the leader: leadership moved to node {id}; retry"),
+        None => "not the leader: leadership is changing; retry".to_string(),
     })
 }
 

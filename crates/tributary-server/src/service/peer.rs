@@ -12,7 +12,7 @@ use tributary_proto::v1 as pb;
 use tributary_proto::v1::peer_service_server::PeerService;
 
 use crate::error::ApiError;
-use crate::node::{Node, NOT_LEADER_PREFIX};
+use crate::node::{not_leader, LocalWrite, Node};
 use crate::raft::network::SnapshotWire;
 use crate::raft::{Raft, RecordBatch};
 use crate::raft_mux::serve_stream;
@@ -52,19 +52,24 @@ fn reply<T: Serialize, E: std::fmt::Display>(result: Result<T, E>) -> pb::RaftRe
     }
 }
 
-fn forward_reply(result: Result<u64, ApiError>) -> pb::ForwardReply {
+fn forward_reply(result: Result<LocalWrite<u64>, ApiError>) -> pb::ForwardReply {
+    let (result, not_leader) = match result {
+        Ok(LocalWrite::Done(index)) => (Ok(index), false),
+        Ok(LocalWrite::NotLeader(leader)) => (Err(not_leader(leader)), true),
+        Err(err) => (Err(err), false),
+    };
     match result {
         Ok(index) => pb::ForwardReply {
             index,
             error_code: pb::ErrorCode::Unspecified as i32,
             error_message: String::new(),
-            not_leader: false,
+            not_leader,
         },
         Err(err) => pb::ForwardReply {
             index: 0,
             error_code: err.code as i32,
-            not_leader: err.message.starts_with(NOT_LEADER_PREFIX),
             error_message: err.message,
+            not_leader,
         },
     }
 }
@@ -205,7 +210,10 @@ impl PeerService for PeerApi {
                     request.incarnation,
                 )
                 .await
-                .map(|()| 0),
+                .map(|outcome| match outcome {
+                    LocalWrite::Done(()) => LocalWrite::Done(0),
+                    LocalWrite::NotLeader(leader) => LocalWrite::NotLeader(leader),
+                }),
         )))
     }
 }
