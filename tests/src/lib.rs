@@ -240,6 +240,7 @@ impl Remote {
                 partition_key: key.into(),
                 data: data.to_vec().into(),
                 explicit_hash_key: None,
+                sequence_number_for_ordering: None,
             })
             .await
             .unwrap_or_else(|status| panic!("put to {stream}: {status:?}"))
@@ -362,6 +363,7 @@ impl Remote {
                     partition_key: key.into(),
                     data: data.as_bytes().to_vec().into(),
                     explicit_hash_key: explicit_hash_key.map(str::to_string),
+                    sequence_number_for_ordering: None,
                 })
                 .await
             {

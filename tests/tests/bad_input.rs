@@ -51,11 +51,27 @@ async fn bad_input_is_rejected_with_stable_codes_and_changes_nothing() {
         (create("good", 1), "ResourceInUse", "already exists"),
         (
             pb::CreateStreamRequest {
-                retention_hours: 365 * 24 + 1,
+                retention_seconds: 365 * 24 * 3600 + 1,
                 ..create("r", 1)
             },
             "InvalidArgument",
             "365 days",
+        ),
+        (
+            pb::CreateStreamRequest {
+                retention_seconds: 30,
+                ..create("r", 1)
+            },
+            "InvalidArgument",
+            "60 seconds (1 minute)",
+        ),
+        (
+            pb::CreateStreamRequest {
+                tags: [("".to_string(), "v".to_string())].into(),
+                ..create("t", 1)
+            },
+            "InvalidArgument",
+            "tag key",
         ),
         (
             pb::CreateStreamRequest {
@@ -195,6 +211,7 @@ async fn bad_input_is_rejected_with_stable_codes_and_changes_nothing() {
             partition_key: "".into(),
             data: b"x".to_vec().into(),
             explicit_hash_key: None,
+            sequence_number_for_ordering: None,
         })
         .await
         .expect_err("empty key");
@@ -224,6 +241,7 @@ async fn bad_input_is_rejected_with_stable_codes_and_changes_nothing() {
             partition_key: "k".into(),
             data: b"x".to_vec().into(),
             explicit_hash_key: Some(u128::MAX.to_string()),
+            sequence_number_for_ordering: None,
         })
         .await
         .expect("put to the last shard")

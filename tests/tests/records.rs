@@ -152,6 +152,7 @@ async fn iterator_positions() {
                 partition_key: "k".into(),
                 data: format!("r{i}").into_bytes().into(),
                 explicit_hash_key: None,
+                sequence_number_for_ordering: None,
             })
             .await
             .expect("put")

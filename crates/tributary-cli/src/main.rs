@@ -5,7 +5,9 @@
 
 mod commands;
 mod duration;
+mod hash_key;
 mod output;
+mod progress;
 
 use std::io;
 use std::process::ExitCode;
@@ -41,10 +43,10 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Create, list, describe and delete streams.
+    /// Create, list, describe, delete, scale and tag streams; change their retention.
     #[command(subcommand)]
     Stream(StreamCommand),
-    /// Inspect a stream's shards.
+    /// List a stream's shards; split and merge them.
     #[command(subcommand)]
     Shard(ShardCommand),
     /// Write records: DATA, or one record per line of stdin.
@@ -122,6 +124,7 @@ fn chain(error: &dyn std::error::Error) -> String {
 mod tests {
     use super::*;
     use clap::CommandFactory;
+    use std::time::Duration;
 
     #[test]
     fn the_command_line_definition_is_consistent() {
@@ -163,10 +166,19 @@ mod tests {
         assert_eq!(error.exit_code(), 2);
     }
 
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("trib").chain(args.iter().copied()))
+    }
+
+    fn usage_error(args: &[&str]) -> String {
+        let error = parse(args).expect_err("a usage error");
+        assert_eq!(error.exit_code(), 2, "{args:?}: {error}");
+        error.to_string()
+    }
+
     #[test]
-    fn create_rejects_retention_that_is_not_whole_hours() {
-        let error = Cli::try_parse_from([
-            "trib",
+    fn create_takes_retention_in_minutes_hours_or_days_and_tags() {
+        let cli = parse(&[
             "stream",
             "create",
             "s",
@@ -174,26 +186,149 @@ mod tests {
             "2",
             "--retention",
             "90m",
-        ])
-        .expect_err("90m is not whole hours");
-        assert!(
-            error.to_string().contains("whole number of hours"),
-            "{error}"
-        );
-        let cli = Cli::try_parse_from([
-            "trib",
-            "stream",
-            "create",
-            "s",
-            "--shards",
-            "2",
-            "--retention",
-            "7d",
+            "--tag",
+            "team=data",
+            "--tag",
+            "env=",
         ])
         .expect("valid command line");
-        let Command::Stream(StreamCommand::Create { retention, .. }) = cli.command else {
+        let Command::Stream(StreamCommand::Create {
+            retention, tags, ..
+        }) = cli.command
+        else {
             panic!("parsed as stream create");
         };
-        assert_eq!(retention, Some(168));
+        assert_eq!(retention, Some(Duration::from_secs(90 * 60)));
+        assert_eq!(
+            tags,
+            [
+                ("team".to_owned(), "data".to_owned()),
+                ("env".to_owned(), String::new())
+            ]
+        );
+    }
+
+    #[test]
+    fn bad_create_arguments_name_the_limit() {
+        let cases: [(&[&str], &str); 5] = [
+            (
+                &[
+                    "stream",
+                    "create",
+                    "s",
+                    "--shards",
+                    "2",
+                    "--retention",
+                    "30s",
+                ],
+                "minimum of 1m",
+            ),
+            (
+                &[
+                    "stream",
+                    "create",
+                    "s",
+                    "--shards",
+                    "2",
+                    "--retention",
+                    "366d",
+                ],
+                "maximum of 365d",
+            ),
+            (
+                &["stream", "create", "s", "--shards", "0"],
+                "0 is not in 1..",
+            ),
+            (
+                &["stream", "create", "s", "--shards", "1", "--tag", "team"],
+                "KEY=VALUE",
+            ),
+            (&["stream", "create", "s"], "--shards"),
+        ];
+        for (args, expected) in cases {
+            let text = usage_error(args);
+            assert!(text.contains(expected), "{args:?}: {text}");
+        }
+    }
+
+    #[test]
+    fn stream_retention_scale_and_tags_parse() {
+        let cli = parse(&["stream", "retention", "s", "7d"]).expect("valid");
+        let Command::Stream(StreamCommand::Retention { name, retention }) = cli.command else {
+            panic!("parsed as stream retention");
+        };
+        assert_eq!(
+            (name.as_str(), retention),
+            ("s", Duration::from_secs(7 * 86_400))
+        );
+        assert!(usage_error(&["stream", "retention", "s", "10s"]).contains("minimum of 1m"));
+
+        let cli = parse(&["stream", "scale", "s", "--shards", "8", "--no-wait"]).expect("valid");
+        let Command::Stream(StreamCommand::Scale {
+            shards, no_wait, ..
+        }) = cli.command
+        else {
+            panic!("parsed as stream scale");
+        };
+        assert_eq!((shards, no_wait), (8, true));
+        usage_error(&["stream", "scale", "s", "--shards", "0"]);
+        usage_error(&["stream", "scale", "s"]);
+
+        let cli = parse(&["stream", "tag", "s", "a=1", "b=2"]).expect("valid");
+        let Command::Stream(StreamCommand::Tag { tags, .. }) = cli.command else {
+            panic!("parsed as stream tag");
+        };
+        assert_eq!(tags.len(), 2);
+        usage_error(&["stream", "tag", "s"]);
+        assert!(usage_error(&["stream", "tag", "s", "=1"]).contains("empty key"));
+
+        let cli = parse(&["stream", "untag", "s", "a", "b"]).expect("valid");
+        let Command::Stream(StreamCommand::Untag { keys, .. }) = cli.command else {
+            panic!("parsed as stream untag");
+        };
+        assert_eq!(keys, ["a", "b"]);
+        usage_error(&["stream", "untag", "s"]);
+        parse(&["stream", "tags", "s", "--output", "json"]).expect("valid");
+    }
+
+    #[test]
+    fn shard_split_and_merge_parse() {
+        let at = u128::MAX.to_string();
+        let cli =
+            parse(&["shard", "split", "s", "shardId-000000000000", "--at", &at]).expect("valid");
+        let Command::Shard(ShardCommand::Split {
+            shard, at, no_wait, ..
+        }) = cli.command
+        else {
+            panic!("parsed as shard split");
+        };
+        assert_eq!(
+            (shard.as_str(), at, no_wait),
+            ("shardId-000000000000", Some(u128::MAX), false)
+        );
+        let cli = parse(&["shard", "split", "s", "shardId-000000000000"]).expect("valid");
+        let Command::Shard(ShardCommand::Split { at, .. }) = cli.command else {
+            panic!("parsed as shard split");
+        };
+        assert_eq!(at, None, "the middle by default");
+        assert!(usage_error(&["shard", "split", "s", "x", "--at", "0x10"])
+            .contains("not a decimal integer"));
+        usage_error(&["shard", "split", "s"]);
+
+        let cli = parse(&["shard", "merge", "s", "a", "b", "--no-wait"]).expect("valid");
+        let Command::Shard(ShardCommand::Merge {
+            shard,
+            adjacent,
+            no_wait,
+            ..
+        }) = cli.command
+        else {
+            panic!("parsed as shard merge");
+        };
+        assert_eq!(
+            (shard.as_str(), adjacent.as_str(), no_wait),
+            ("a", "b", true)
+        );
+        usage_error(&["shard", "merge", "s", "a"]);
     }
 }

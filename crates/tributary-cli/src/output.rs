@@ -5,6 +5,7 @@
 //! in RFC 3339, absent values as `null`.
 
 use std::io::{self, Write};
+use std::time::Duration;
 
 use base64::Engine as _;
 use serde::Serialize;
@@ -12,7 +13,7 @@ use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 use tributary_client::proto::v1::{NodeStatus, Record, Shard, StreamSummary};
 
-use crate::duration::format_retention_hours;
+use crate::duration::format_retention;
 
 /// The `--output` formats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -30,8 +31,11 @@ pub struct StreamView {
     pub status: String,
     pub shard_count: u32,
     pub open_shard_count: u32,
+    /// In its most natural unit: `90m`, `24h`, `7d`.
     pub retention: String,
     pub created_at: Option<String>,
+    /// Registered enhanced fan-out consumers.
+    pub consumer_count: u32,
     /// Only `stream describe` fills this in.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub shards: Option<Vec<ShardView>>,
@@ -44,8 +48,9 @@ impl StreamView {
             status: summary.status().as_str_name().to_owned(),
             shard_count: summary.shard_count,
             open_shard_count: summary.open_shard_count,
-            retention: format_retention_hours(summary.retention_hours),
+            retention: format_retention(Duration::from_secs(summary.retention_seconds)),
             created_at: summary.created_at.as_ref().and_then(rfc3339),
+            consumer_count: summary.consumer_count,
             shards: None,
         }
     }
@@ -132,6 +137,13 @@ impl RecordView {
                 .and_then(rfc3339),
         }
     }
+}
+
+/// A tag as `stream tags` prints it.
+#[derive(Debug, Serialize)]
+pub struct TagView<'a> {
+    pub key: &'a str,
+    pub value: &'a str,
 }
 
 /// Where one `put` record landed.
@@ -239,6 +251,7 @@ pub fn streams_table(streams: &[StreamView]) -> Table {
         "SHARDS",
         "OPEN_SHARDS",
         "RETENTION",
+        "CONSUMERS",
         "CREATED_AT",
     ]);
     for stream in streams {
@@ -248,8 +261,17 @@ pub fn streams_table(streams: &[StreamView]) -> Table {
             stream.shard_count.to_string(),
             stream.open_shard_count.to_string(),
             stream.retention.clone(),
+            stream.consumer_count.to_string(),
             or_dash(stream.created_at.as_ref()),
         ]);
+    }
+    table
+}
+
+pub fn tags_table(tags: &[TagView]) -> Table {
+    let mut table = Table::new(vec!["KEY", "VALUE"]);
+    for tag in tags {
+        table.push(vec![tag.key.to_owned(), tag.value.to_owned()]);
     }
     table
 }
@@ -397,7 +419,8 @@ mod tests {
             stream_name: "orders".into(),
             shard_count: 4,
             open_shard_count: 4,
-            retention_hours: 24,
+            retention_seconds: 86_400,
+            consumer_count: 2,
             created_at: Some(prost_types::Timestamp {
                 seconds: 1_714_564_800,
                 nanos: 0,
@@ -414,8 +437,27 @@ mod tests {
                 "open_shard_count": 4,
                 "retention": "24h",
                 "created_at": "2024-05-01T12:00:00Z",
+                "consumer_count": 2,
             })
         );
+        summary.retention_seconds = 7 * 86_400;
+        assert_eq!(json_of(&StreamView::new(&summary))["retention"], "7d");
+    }
+
+    #[test]
+    fn tag_json_is_key_and_value() {
+        assert_eq!(
+            json_of(&TagView {
+                key: "team",
+                value: "data"
+            }),
+            json!({"key": "team", "value": "data"})
+        );
+        let table = tags_table(&[TagView {
+            key: "team",
+            value: "data",
+        }]);
+        assert_eq!(table.render(), "KEY   VALUE\nteam  data\n");
     }
 
     #[test]

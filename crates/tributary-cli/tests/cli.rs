@@ -49,7 +49,7 @@ fn usage_errors_exit_with_code_2() {
             "--shards",
             "2",
             "--retention",
-            "90m",
+            "30s",
         ],
         &["stream", "create", "s", "--shards", "0"],
         &["get", "s", "--from", "oldest"],

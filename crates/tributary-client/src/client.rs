@@ -1,5 +1,6 @@
 //! The connection to a Tributary node and one method per RPC.
 
+use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -8,10 +9,13 @@ use tributary_proto::v1::cluster_service_client::ClusterServiceClient;
 use tributary_proto::v1::data_service_client::DataServiceClient;
 use tributary_proto::v1::stream_service_client::StreamServiceClient;
 use tributary_proto::v1::{
-    ClusterStatusRequest, ClusterStatusResponse, CreateStreamRequest, DeleteStreamRequest,
-    DescribeStreamRequest, ErrorCode, GetRecordsRequest, GetRecordsResponse, ListShardsRequest,
-    ListStreamsRequest, PutRecordRequest, PutRecordResponse, PutRecordsEntry, PutRecordsRequest,
-    PutRecordsResponse, ReplaceNodeRequest, Shard, StreamDescription, StreamStatus, StreamSummary,
+    AddTagsToStreamRequest, ClusterStatusRequest, ClusterStatusResponse, CreateStreamRequest,
+    DeleteStreamRequest, DescribeStreamRequest, DescribeStreamSummaryRequest, ErrorCode,
+    GetRecordsRequest, GetRecordsResponse, ListShardsRequest, ListStreamsRequest,
+    ListTagsForStreamRequest, MergeShardsRequest, PutRecordRequest, PutRecordResponse,
+    PutRecordsEntry, PutRecordsRequest, PutRecordsResponse, RemoveTagsFromStreamRequest,
+    ReplaceNodeRequest, Shard, SplitShardRequest, StreamDescription, StreamStatus, StreamSummary,
+    UpdateShardCountRequest, UpdateStreamRetentionRequest,
 };
 
 use crate::{Error, StartingPosition};
@@ -25,6 +29,27 @@ pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 
 /// How often [`Client::wait_for_active`] polls the stream's status.
 const ACTIVE_POLL_INTERVAL: Duration = Duration::from_millis(200);
+
+/// Settings of a new stream beyond its name and shard count ([`Client::create_stream_with`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CreateStreamOptions {
+    /// How long records are kept, in whole seconds from 1 minute up to 365 days (the server
+    /// checks the range). `None` takes the server's default, 24 hours.
+    pub retention: Option<Duration>,
+    /// Tags to attach (up to 50; keys 1-128 characters, values up to 256).
+    pub tags: BTreeMap<String, String>,
+}
+
+/// Optional fields of a single-record put ([`Client::put_record`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PutRecordOptions {
+    /// A decimal 128-bit integer that picks the shard instead of the partition key's hash.
+    pub explicit_hash_key: Option<String>,
+    /// The sequence number of an earlier record this one must follow: the new record gets a
+    /// strictly greater sequence number. It must come from the shard the record lands on or
+    /// from an ancestor of it (a reshard in between is fine).
+    pub sequence_number_for_ordering: Option<String>,
+}
 
 /// Connection settings.
 #[derive(Debug, Clone)]
@@ -118,19 +143,43 @@ impl Client {
         &self.endpoint
     }
 
-    /// Creates a stream with `shards` shards. `retention_hours: None` takes the server's
-    /// default (24 h). The stream starts CREATING; see [`Client::wait_for_active`].
+    /// Creates a stream with `shards` shards. `retention: None` takes the server's default
+    /// (24 h). The stream starts CREATING; see [`Client::wait_for_active`].
     pub async fn create_stream(
         &self,
         name: &str,
         shards: u32,
-        retention_hours: Option<u32>,
+        retention: Option<Duration>,
     ) -> Result<(), Error> {
+        let options = CreateStreamOptions {
+            retention,
+            ..CreateStreamOptions::default()
+        };
+        self.create_stream_with(name, shards, &options).await
+    }
+
+    /// Creates a stream with `shards` shards, retention and tags as in `options`. The stream
+    /// starts CREATING; see [`Client::wait_for_active`].
+    pub async fn create_stream_with(
+        &self,
+        name: &str,
+        shards: u32,
+        options: &CreateStreamOptions,
+    ) -> Result<(), Error> {
+        let retention_seconds = match options.retention {
+            Some(retention) => retention_seconds(retention)?,
+            None => 0,
+        };
         let request = CreateStreamRequest {
             stream_name: name.to_owned(),
             shard_count: shards,
-            retention_hours: retention_hours.unwrap_or(0),
             max_record_bytes: 0,
+            retention_seconds,
+            tags: options
+                .tags
+                .iter()
+                .map(|(key, value)| (key.clone(), value.clone()))
+                .collect(),
         };
         self.streams.clone().create_stream(request).await?;
         Ok(())
@@ -166,6 +215,22 @@ impl Client {
         Ok(response.into_inner().streams)
     }
 
+    /// The stream's summary (status, retention, shard and consumer counts) without its shards:
+    /// cheaper than [`Client::describe_stream`] for a stream with many shards.
+    pub async fn describe_stream_summary(&self, name: &str) -> Result<StreamSummary, Error> {
+        let request = DescribeStreamSummaryRequest {
+            stream_name: name.to_owned(),
+        };
+        let response = self
+            .streams
+            .clone()
+            .describe_stream_summary(request)
+            .await?;
+        response.into_inner().summary.ok_or_else(|| {
+            Error::UnexpectedResponse(format!("DescribeStreamSummary of '{name}' has no summary"))
+        })
+    }
+
     /// The stream's shards, closed ones included, in the server's order (parents before
     /// children).
     pub async fn list_shards(&self, stream: &str) -> Result<Vec<Shard>, Error> {
@@ -176,19 +241,20 @@ impl Client {
         Ok(response.into_inner().shards)
     }
 
-    /// Writes one record.
+    /// Writes one record; `options` may pin its hash key or order it after an earlier record.
     pub async fn put_record(
         &self,
         stream: &str,
         partition_key: &str,
         data: impl Into<Bytes>,
-        explicit_hash_key: Option<&str>,
+        options: &PutRecordOptions,
     ) -> Result<PutRecordResponse, Error> {
         let request = PutRecordRequest {
             stream_name: stream.to_owned(),
             partition_key: partition_key.to_owned(),
             data: data.into(),
-            explicit_hash_key: explicit_hash_key.map(str::to_owned),
+            explicit_hash_key: options.explicit_hash_key.clone(),
+            sequence_number_for_ordering: options.sequence_number_for_ordering.clone(),
         };
         let response = self.data.clone().put_record(request).await?;
         Ok(response.into_inner())
@@ -266,6 +332,116 @@ impl Client {
         Ok(response.into_inner().groups_changed)
     }
 
+    /// Splits an open shard in two. `new_starting_hash_key` starts the second child (above
+    /// the shard's starting hash key, at most its ending one); `None` splits in the middle.
+    /// The stream is UPDATING until the split is done; see [`Client::wait_for_active_where`].
+    pub async fn split_shard(
+        &self,
+        stream: &str,
+        shard_id: &str,
+        new_starting_hash_key: Option<u128>,
+    ) -> Result<(), Error> {
+        let request = SplitShardRequest {
+            stream_name: stream.to_owned(),
+            shard_to_split: shard_id.to_owned(),
+            new_starting_hash_key: new_starting_hash_key.map(|key| key.to_string()),
+        };
+        self.streams.clone().split_shard(request).await?;
+        Ok(())
+    }
+
+    /// Merges two open shards whose hash key ranges touch into one. The stream is UPDATING
+    /// until the merge is done; see [`Client::wait_for_active_where`].
+    pub async fn merge_shards(
+        &self,
+        stream: &str,
+        shard_id: &str,
+        adjacent_shard_id: &str,
+    ) -> Result<(), Error> {
+        let request = MergeShardsRequest {
+            stream_name: stream.to_owned(),
+            shard_to_merge: shard_id.to_owned(),
+            adjacent_shard_to_merge: adjacent_shard_id.to_owned(),
+        };
+        self.streams.clone().merge_shards(request).await?;
+        Ok(())
+    }
+
+    /// Starts scaling the stream to `target` open shards (by splits and merges) and returns
+    /// `(current, target)` open shard counts as the server saw them. The stream is UPDATING
+    /// until the last reshard is done; see [`Client::wait_for_active_where`].
+    pub async fn update_shard_count(&self, stream: &str, target: u32) -> Result<(u32, u32), Error> {
+        let request = UpdateShardCountRequest {
+            stream_name: stream.to_owned(),
+            target_shard_count: target,
+        };
+        let response = self
+            .streams
+            .clone()
+            .update_shard_count(request)
+            .await?
+            .into_inner();
+        Ok((response.current_shard_count, response.target_shard_count))
+    }
+
+    /// Sets how long records are kept, in whole seconds from 1 minute up to 365 days. A
+    /// decrease hides older records at once.
+    pub async fn update_stream_retention(
+        &self,
+        stream: &str,
+        retention: Duration,
+    ) -> Result<(), Error> {
+        let request = UpdateStreamRetentionRequest {
+            stream_name: stream.to_owned(),
+            retention_seconds: retention_seconds(retention)?,
+        };
+        self.streams
+            .clone()
+            .update_stream_retention(request)
+            .await?;
+        Ok(())
+    }
+
+    /// Adds tags to the stream, overwriting the values of keys it already has.
+    pub async fn add_tags(
+        &self,
+        stream: &str,
+        tags: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<(), Error> {
+        let request = AddTagsToStreamRequest {
+            stream_name: stream.to_owned(),
+            tags: tags.into_iter().collect::<HashMap<_, _>>(),
+        };
+        self.streams.clone().add_tags_to_stream(request).await?;
+        Ok(())
+    }
+
+    /// Removes the tags with these keys (keys the stream does not have are ignored).
+    pub async fn remove_tags(
+        &self,
+        stream: &str,
+        keys: impl IntoIterator<Item = String>,
+    ) -> Result<(), Error> {
+        let request = RemoveTagsFromStreamRequest {
+            stream_name: stream.to_owned(),
+            tag_keys: keys.into_iter().collect(),
+        };
+        self.streams
+            .clone()
+            .remove_tags_from_stream(request)
+            .await?;
+        Ok(())
+    }
+
+    /// The stream's tags, sorted by key.
+    pub async fn list_tags(&self, stream: &str) -> Result<BTreeMap<String, String>, Error> {
+        let request = ListTagsForStreamRequest {
+            stream_name: stream.to_owned(),
+        };
+        let response = self.streams.clone().list_tags_for_stream(request).await?;
+        Ok(response.into_inner().tags.into_iter().collect())
+    }
+
     /// Polls DescribeStream until the stream is ACTIVE and returns its description.
     ///
     /// Retryable errors (an election in progress) and ResourceNotFound (a node that has not
@@ -276,6 +452,24 @@ impl Client {
         stream: &str,
         timeout: Duration,
     ) -> Result<StreamDescription, Error> {
+        self.wait_for_active_where(stream, timeout, |_| true).await
+    }
+
+    /// Like [`Client::wait_for_active`], but also waits until `settled` holds.
+    ///
+    /// `settled` sees the description of every poll, whatever the status, so it can report
+    /// progress. It lets a caller wait for its own change to be visible: right after a
+    /// reshard is accepted, a node that has not applied it yet may still describe the
+    /// stream as ACTIVE with the old shards.
+    pub async fn wait_for_active_where<F>(
+        &self,
+        stream: &str,
+        timeout: Duration,
+        mut settled: F,
+    ) -> Result<StreamDescription, Error>
+    where
+        F: FnMut(&StreamDescription) -> bool,
+    {
         let deadline = Instant::now() + timeout;
         loop {
             let last = match self.describe_stream(stream).await {
@@ -284,8 +478,12 @@ impl Client {
                         .summary
                         .as_ref()
                         .map_or(StreamStatus::Unspecified, |summary| summary.status());
+                    let done = settled(&description);
                     match status {
-                        StreamStatus::Active => return Ok(description),
+                        StreamStatus::Active if done => return Ok(description),
+                        StreamStatus::Active => {
+                            "status ACTIVE, the change is not visible yet".to_owned()
+                        }
                         StreamStatus::Deleting => {
                             return Err(Error::api(
                                 ErrorCode::ResourceInUse,
@@ -312,6 +510,18 @@ impl Client {
             tokio::time::sleep(ACTIVE_POLL_INTERVAL).await;
         }
     }
+}
+
+/// A retention as the wire's whole seconds. Zero means "the default" on the wire, so a
+/// duration that would round to it (or lose a fraction) is refused rather than sent.
+fn retention_seconds(retention: Duration) -> Result<u64, Error> {
+    if retention.subsec_nanos() != 0 || retention.as_secs() == 0 {
+        return Err(Error::InvalidInput(format!(
+            "retention {retention:?} is not a whole number of seconds; the server allows 1 \
+             minute up to 365 days"
+        )));
+    }
+    Ok(retention.as_secs())
 }
 
 /// `host:port` becomes `http://host:port`; URLs with a scheme are kept.
@@ -344,6 +554,24 @@ mod tests {
             assert_eq!(normalize_endpoint(input).ok().as_deref(), Some(expected));
         }
         assert!(normalize_endpoint("  ").is_err());
+    }
+
+    #[test]
+    fn retention_goes_out_in_whole_seconds() {
+        assert_eq!(retention_seconds(Duration::from_secs(60)).ok(), Some(60));
+        assert_eq!(
+            retention_seconds(Duration::from_secs(365 * 86_400)).ok(),
+            Some(31_536_000)
+        );
+        // Zero means "the default" on the wire; a fraction would be silently dropped.
+        for bad in [
+            Duration::ZERO,
+            Duration::from_millis(500),
+            Duration::from_millis(90_500),
+        ] {
+            let error = retention_seconds(bad).expect_err("refused");
+            assert!(matches!(error, Error::InvalidInput(_)), "{error:?}");
+        }
     }
 
     #[tokio::test]

@@ -92,6 +92,7 @@ pub fn is_retryable_code(code: ErrorCode) -> bool {
         ErrorCode::Unavailable
             | ErrorCode::ProvisionedThroughputExceeded
             | ErrorCode::InternalFailure
+            | ErrorCode::ShardClosed
     )
 }
 
@@ -147,7 +148,7 @@ mod tests {
 
     #[test]
     fn every_code_name_round_trips() {
-        for value in 1..=9 {
+        for value in 1..=10 {
             let code = ErrorCode::try_from(value).unwrap_or(ErrorCode::Unspecified);
             assert_ne!(code, ErrorCode::Unspecified, "code {value} is defined");
             assert_eq!(error_code_from_name(error_code_name(code)), Some(code));

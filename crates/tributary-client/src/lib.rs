@@ -4,7 +4,9 @@
 //!   the server's stable [`ErrorCode`](tributary_proto::v1::ErrorCode).
 //! - [`put_all`]: batched, retried, order-keeping writes of many records.
 //! - [`read_until_tip`], [`read_shard_until_tip`], [`read_stream_until_tip`], [`follow`] and
-//!   [`ShardReader`]: reading shards up to their tip at the time of the call, or forever.
+//!   [`ShardReader`]: reading shards up to their tip at the time of the call, or forever. A
+//!   whole-stream read drains parent shards before their children, so each partition key's
+//!   records come out in put order across splits and merges.
 //! - [`hash_key`] and [`shard_for_hash`]: which shard a partition key lands on.
 //!
 //! The wire types are re-exported as [`proto`].
@@ -14,6 +16,7 @@
 mod backoff;
 mod client;
 mod error;
+mod lineage;
 mod position;
 mod producer;
 mod reader;
@@ -23,7 +26,7 @@ pub use bytes::Bytes;
 pub use tributary_proto as proto;
 
 pub use backoff::RetryPolicy;
-pub use client::{Client, ClientOptions, MAX_MESSAGE_BYTES};
+pub use client::{Client, ClientOptions, CreateStreamOptions, PutRecordOptions, MAX_MESSAGE_BYTES};
 pub use error::{error_code_from_name, error_code_name, is_retryable_code, Error};
 pub use position::StartingPosition;
 pub use producer::{put_all, PutError, PutOptions, PutSummary, MAX_BATCH_BYTES, MAX_BATCH_RECORDS};
@@ -33,7 +36,7 @@ pub use reader::{
 };
 pub use routing::{hash_key, shard_for_hash, shard_for_record};
 pub use tributary_proto::v1::{
-    ClusterStatusResponse, ErrorCode, GetRecordsResponse, NodeStatus, PutRecordResponse,
-    PutRecordsEntry, PutRecordsResponse, Record, Shard, ShardStatus, StreamDescription,
-    StreamStatus, StreamSummary,
+    ChildShard, ClusterStatusResponse, ErrorCode, GetRecordsResponse, NodeStatus,
+    PutRecordResponse, PutRecordsEntry, PutRecordsResponse, Record, Shard, ShardStatus,
+    StreamDescription, StreamStatus, StreamSummary,
 };

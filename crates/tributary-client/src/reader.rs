@@ -5,18 +5,25 @@
 //! the read stops there — so records written meanwhile cannot keep it going forever, and the
 //! result is exactly what had been committed when the read began. A shard that is empty at
 //! the start, a caught-up response (no records, `millis_behind_latest == 0`) and a closed,
-//! fully read shard (no next iterator) end the read too.
+//! fully read shard (no next iterator) end the read too. A shard that was already closed is
+//! read to its end: nothing can be added to it.
+//!
+//! A whole-stream read follows the shards' lineage (see `lineage.rs`): a child shard is read
+//! only once its parents are drained, so each partition key's records come out in put order
+//! across any number of splits and merges. Until the tip, that covers the shards listed at the
+//! start (a child created later holds only records written after the read began); a follow
+//! also moves from a closed shard into children it had not seen yet.
 //!
 //! Reads survive the usual transient failures: retryable errors (a leader election) are
 //! retried with backoff, and an expired iterator is reopened after the last record returned.
 
-use std::collections::HashSet;
 use std::ops::ControlFlow;
 use std::time::{Duration, Instant};
 
-use tributary_proto::v1::{ErrorCode, Record, Shard, ShardStatus};
+use tributary_proto::v1::{ChildShard, ErrorCode, Record, Shard, ShardStatus};
 
 use crate::backoff::{Backoff, RetryPolicy};
+use crate::lineage::Lineage;
 use crate::{Client, Error, StartingPosition};
 
 /// Most records one GetRecords call returns.
@@ -26,13 +33,16 @@ pub const MAX_RECORDS_PER_CALL: u32 = 10_000;
 /// follower sees new records promptly, long enough not to hammer idle shards.
 pub const FOLLOW_POLL_INTERVAL: Duration = Duration::from_millis(200);
 
-/// How often a whole-stream follow lists the shards again to pick up new (child) shards.
+/// How often a whole-stream follow lists the shards again to pick up new (child) shards
+/// that no read has pointed it to (a reshard noticed by the end of a parent is picked up at
+/// once).
 const FOLLOW_SHARD_REFRESH: Duration = Duration::from_secs(5);
 
 /// When a [`ShardReader`] is finished.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReadMode {
-    /// At the shard's tip as listed when the reader was made (see the module docs).
+    /// At the shard's tip as listed when the reader was made (see the module docs); a shard
+    /// listed as closed is read to its end.
     UntilTip,
     /// Only when the shard is closed and fully read.
     Follow,
@@ -47,6 +57,32 @@ pub struct ShardRecord {
     pub record: Record,
 }
 
+/// Where an UntilTip read of one shard stops, besides a caught-up page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    /// At the end of a closed shard (no next iterator): always for Follow, and for a shard
+    /// listed as closed.
+    End,
+    /// At the newest record when the shard was listed.
+    Tip(u128),
+    /// At once: the open shard was empty when listed.
+    Empty,
+}
+
+impl Stop {
+    fn for_shard(mode: ReadMode, shard: &Shard) -> Stop {
+        let tip = shard
+            .last_sequence_number
+            .as_deref()
+            .and_then(|sequence| sequence.parse::<u128>().ok());
+        match (mode, shard.status(), tip) {
+            (ReadMode::Follow, _, _) | (ReadMode::UntilTip, ShardStatus::Closed, _) => Stop::End,
+            (ReadMode::UntilTip, _, Some(tip)) => Stop::Tip(tip),
+            (ReadMode::UntilTip, _, None) => Stop::Empty,
+        }
+    }
+}
+
 /// Reads one shard page by page.
 #[derive(Debug)]
 pub struct ShardReader {
@@ -58,16 +94,18 @@ pub struct ShardReader {
     position: StartingPosition,
     iterator: Option<String>,
     opened: bool,
-    /// UntilTip only: the newest sequence number when the reader was made (`None`: empty).
-    tip: Option<u128>,
+    stop: Stop,
     mode: ReadMode,
     finished: bool,
+    /// From the last page of a closed shard: the shards that continue its hash keys.
+    child_shards: Vec<ChildShard>,
     retry: RetryPolicy,
 }
 
 impl ShardReader {
     /// A reader of `shard` (as listed by [`Client::list_shards`]; UntilTip stops at its
-    /// `last_sequence_number`) from `from`. No RPC is made until [`ShardReader::next_batch`].
+    /// `last_sequence_number`, or at its end when it is closed) from `from`. No RPC is made
+    /// until [`ShardReader::next_batch`].
     pub fn new(
         client: &Client,
         stream: &str,
@@ -82,12 +120,10 @@ impl ShardReader {
             position: from,
             iterator: None,
             opened: false,
-            tip: shard
-                .last_sequence_number
-                .as_deref()
-                .and_then(|sequence| sequence.parse::<u128>().ok()),
+            stop: Stop::for_shard(mode, shard),
             mode,
             finished: false,
+            child_shards: Vec::new(),
             retry: RetryPolicy::default(),
         }
     }
@@ -121,6 +157,12 @@ impl ShardReader {
         self.finished
     }
 
+    /// Once a closed shard has been read to its end: the shards that continue its hash keys
+    /// (one after a merge, two after a split). Empty before that.
+    pub fn child_shards(&self) -> &[ChildShard] {
+        &self.child_shards
+    }
+
     /// One GetRecords call of up to `limit` records (clamped to 1..=10,000). May return no
     /// records without being finished (nothing new yet, or the server skipped a gap).
     pub async fn next_batch(&mut self, limit: u32) -> Result<Vec<Record>, Error> {
@@ -130,7 +172,7 @@ impl ShardReader {
         if !self.opened {
             self.iterator = Some(self.open_iterator().await?);
             self.opened = true;
-            if self.mode == ReadMode::UntilTip && self.tip.is_none() {
+            if self.stop == Stop::Empty {
                 // Empty when the read started: nothing to read up to.
                 self.finished = true;
                 return Ok(Vec::new());
@@ -151,12 +193,13 @@ impl ShardReader {
         self.iterator = response.next_shard_iterator;
         if self.iterator.is_none() {
             self.finished = true;
+            self.child_shards = response.child_shards;
         }
         if self.mode == ReadMode::UntilTip {
             if caught_up {
                 self.finished = true;
             }
-            if let Some(tip) = self.tip {
+            if let Stop::Tip(tip) = self.stop {
                 if let Some(keep) = records_up_to(&records, tip) {
                     records.truncate(keep);
                     self.finished = true;
@@ -165,7 +208,6 @@ impl ShardReader {
         }
         Ok(records)
     }
-
     async fn open_iterator(&self) -> Result<String, Error> {
         let mut backoff = Backoff::start(&self.retry);
         loop {
@@ -272,6 +314,51 @@ fn page_limit(remaining: Option<usize>) -> u32 {
     }
 }
 
+/// Hands records to the caller's callback and keeps count against the limit.
+struct Delivery<F> {
+    limit: Option<usize>,
+    delivered: usize,
+    on_record: F,
+}
+
+impl<F> Delivery<F>
+where
+    F: FnMut(&str, Record) -> ControlFlow<()>,
+{
+    fn new(limit: Option<usize>, on_record: F) -> Self {
+        Delivery {
+            limit,
+            delivered: 0,
+            on_record,
+        }
+    }
+
+    /// The page size for the next GetRecords call.
+    fn page_limit(&self) -> u32 {
+        page_limit(self.limit.map(|limit| limit.saturating_sub(self.delivered)))
+    }
+
+    fn is_full(&self) -> bool {
+        self.limit.is_some_and(|limit| self.delivered >= limit)
+    }
+
+    /// Hands `records` over; breaks once the limit is reached or the callback breaks.
+    fn hand_over(&mut self, shard_id: &str, records: Vec<Record>) -> ControlFlow<()> {
+        for record in records {
+            if self.is_full() {
+                return ControlFlow::Break(());
+            }
+            self.delivered += 1;
+            (self.on_record)(shard_id, record)?;
+        }
+        if self.is_full() {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        }
+    }
+}
+
 /// Reads one shard from `from` until its tip at the time of the call (or `limit` records).
 pub async fn read_shard_until_tip(
     client: &Client,
@@ -289,9 +376,9 @@ pub async fn read_shard_until_tip(
     Ok(records)
 }
 
-/// Reads every shard of the stream (closed ones included, in ListShards order — parents
-/// before children) from `from` until each one's tip at the time of the call; `limit` caps
-/// the total.
+/// Reads every shard of the stream (closed ones included; parents drained before their
+/// children, otherwise in ListShards order) from `from` until each one's tip at the time of
+/// the call; `limit` caps the total.
 pub async fn read_stream_until_tip(
     client: &Client,
     stream: &str,
@@ -310,113 +397,236 @@ pub async fn read_stream_until_tip(
     Ok(records)
 }
 
-/// Reads `shard_id` (or, with `None`, every shard one after another in ListShards order) from
-/// `from` until the tip at the time of the call, handing each record to `on_record` as it
-/// arrives. Stops early after `limit` records in total or when `on_record` breaks. Returns
-/// the number of records handed over.
+/// Reads `shard_id` (or, with `None`, every shard one after another: each parent to its end
+/// before any of its children, otherwise in ListShards order) from `from` until the tip at
+/// the time of the call, handing each record to `on_record` as it arrives. Stops early after
+/// `limit` records in total or when `on_record` breaks. Returns the number of records handed
+/// over.
 pub async fn read_until_tip<F>(
     client: &Client,
     stream: &str,
     shard_id: Option<&str>,
     from: &StartingPosition,
     limit: Option<usize>,
-    mut on_record: F,
+    on_record: F,
 ) -> Result<usize, Error>
 where
     F: FnMut(&str, Record) -> ControlFlow<()>,
 {
-    let shards = select_shards(client, stream, shard_id).await?;
-    let mut delivered = 0;
-    for shard in &shards {
+    let listing = client.list_shards(stream).await?;
+    let mut delivery = Delivery::new(limit, on_record);
+    if let Some(shard_id) = shard_id {
+        let shard = find_shard(&listing, stream, shard_id)?;
         let mut reader = ShardReader::new(client, stream, shard, from.clone(), ReadMode::UntilTip);
-        while !reader.is_finished() {
-            let remaining = limit.map(|limit| limit.saturating_sub(delivered));
-            if remaining == Some(0) {
-                return Ok(delivered);
-            }
-            for record in reader.next_batch(page_limit(remaining)).await? {
-                if limit.is_some_and(|limit| delivered >= limit) {
-                    return Ok(delivered);
+        // Stopped by the limit or at the tip: either way the count is the answer.
+        let _ = read_to_end(&mut reader, &mut delivery).await?;
+        return Ok(delivery.delivered);
+    }
+    let mut lineage = Lineage::new(listing);
+    loop {
+        let ready = lineage.take_ready();
+        if ready.is_empty() {
+            return match lineage.waiting().as_slice() {
+                [] => Ok(delivery.delivered),
+                waiting => Err(lineage_cycle(stream, waiting)),
+            };
+        }
+        for ready in ready {
+            let shard_id = ready.shard.shard_id.clone();
+            let mut reader = ShardReader::new(
+                client,
+                stream,
+                &ready.shard,
+                from.clone(),
+                ReadMode::UntilTip,
+            );
+            match read_to_end(&mut reader, &mut delivery).await {
+                Ok(ControlFlow::Break(())) => return Ok(delivery.delivered),
+                Ok(ControlFlow::Continue(())) => lineage.drained(&shard_id),
+                Err(error) if expired(client, stream, &mut lineage, &shard_id, &error).await? => {
+                    tracing::debug!(stream, shard = %shard_id, "shard expired while being read");
                 }
-                delivered += 1;
-                if on_record(reader.shard_id(), record).is_break() {
-                    return Ok(delivered);
-                }
+                Err(error) => return Err(error),
             }
         }
     }
-    Ok(delivered)
 }
 
-/// Follows `shard_id` (or, with `None`, every shard, polled in turn) from `from`, handing
-/// each record to `on_record`, sleeping [`FOLLOW_POLL_INTERVAL`] when a round brings nothing.
+/// Reads until the reader is finished, the limit is reached or the callback breaks.
+async fn read_to_end<F>(
+    reader: &mut ShardReader,
+    delivery: &mut Delivery<F>,
+) -> Result<ControlFlow<()>, Error>
+where
+    F: FnMut(&str, Record) -> ControlFlow<()>,
+{
+    while !reader.is_finished() {
+        if delivery.is_full() {
+            return Ok(ControlFlow::Break(()));
+        }
+        let records = reader.next_batch(delivery.page_limit()).await?;
+        if delivery.hand_over(reader.shard_id(), records).is_break() {
+            return Ok(ControlFlow::Break(()));
+        }
+    }
+    Ok(ControlFlow::Continue(()))
+}
+
+/// Whether `error`, met reading `shard_id`, means the shard expired (by retention) meanwhile:
+/// it is ResourceNotFound and a fresh listing no longer has the shard (which `lineage` then
+/// counts as gone). A failed listing (the stream itself is gone, say) is returned as the error.
+async fn expired(
+    client: &Client,
+    stream: &str,
+    lineage: &mut Lineage,
+    shard_id: &str,
+    error: &Error,
+) -> Result<bool, Error> {
+    if error.code() != Some(ErrorCode::ResourceNotFound) {
+        return Ok(false);
+    }
+    let listing = client.list_shards(stream).await?;
+    let gone = lineage.retire_if_unlisted(shard_id, &listing);
+    lineage.update(listing);
+    Ok(gone)
+}
+
+fn lineage_cycle(stream: &str, waiting: &[&str]) -> Error {
+    Error::UnexpectedResponse(format!(
+        "the shards of stream '{stream}' name each other as parents, so none of {} can be \
+         read after its parents",
+        waiting.join(", ")
+    ))
+}
+
+/// Where to start a shard that a whole-stream read found after it began: the shard was
+/// created after that, so everything in it is new — except before a timestamp, which still
+/// applies.
+fn start_of_new_shard(from: &StartingPosition) -> StartingPosition {
+    match from {
+        StartingPosition::AtTimestamp(_) => from.clone(),
+        _ => StartingPosition::TrimHorizon,
+    }
+}
+
+/// Follows `shard_id` (or, with `None`, the whole stream) from `from`, handing each record
+/// to `on_record`, sleeping [`FOLLOW_POLL_INTERVAL`] when a round brings nothing.
+///
+/// A whole-stream follow polls the shards it may read in turn: a child shard only once its
+/// parents are read to their end, so each partition key's records come out in put order
+/// across reshards. It moves from a closed shard into its children (listing the shards again
+/// when they are new to it; it also does so every few seconds), reading children created
+/// after the follow began from their start.
 ///
 /// Runs until `on_record` breaks, `limit` records were handed over, or there is nothing left
 /// that could ever hold new records (the shard, or every shard of the stream, is closed and
-/// fully read). A whole-stream follow lists the shards every few seconds and reads shards
-/// that appeared meanwhile (children of a resharding) from their start. Returns the number of
-/// records handed over.
+/// fully read). Returns the number of records handed over.
 pub async fn follow<F>(
     client: &Client,
     stream: &str,
     shard_id: Option<&str>,
     from: &StartingPosition,
     limit: Option<usize>,
-    mut on_record: F,
+    on_record: F,
 ) -> Result<usize, Error>
 where
     F: FnMut(&str, Record) -> ControlFlow<()>,
 {
-    let shards = select_shards(client, stream, shard_id).await?;
-    let mut known: HashSet<String> = shards.iter().map(|s| s.shard_id.clone()).collect();
-    let mut readers: Vec<ShardReader> = shards
-        .iter()
-        .map(|shard| ShardReader::new(client, stream, shard, from.clone(), ReadMode::Follow))
-        .collect();
-    let mut delivered = 0;
+    let listing = client.list_shards(stream).await?;
+    let mut delivery = Delivery::new(limit, on_record);
+    let Some(shard_id) = shard_id else {
+        follow_stream(client, stream, Lineage::new(listing), from, &mut delivery).await?;
+        return Ok(delivery.delivered);
+    };
+    let shard = find_shard(&listing, stream, shard_id)?;
+    let mut reader = ShardReader::new(client, stream, shard, from.clone(), ReadMode::Follow);
+    while !reader.is_finished() && !delivery.is_full() {
+        let records = reader.next_batch(delivery.page_limit()).await?;
+        let received = !records.is_empty();
+        if delivery.hand_over(reader.shard_id(), records).is_break() {
+            break;
+        }
+        if !received && !reader.is_finished() {
+            tokio::time::sleep(FOLLOW_POLL_INTERVAL).await;
+        }
+    }
+    Ok(delivery.delivered)
+}
+
+async fn follow_stream<F>(
+    client: &Client,
+    stream: &str,
+    mut lineage: Lineage,
+    from: &StartingPosition,
+    delivery: &mut Delivery<F>,
+) -> Result<(), Error>
+where
+    F: FnMut(&str, Record) -> ControlFlow<()>,
+{
+    let mut readers: Vec<ShardReader> = Vec::new();
     let mut listed_at = Instant::now();
     loop {
+        for ready in lineage.take_ready() {
+            let position = if ready.initial {
+                from.clone()
+            } else {
+                start_of_new_shard(from)
+            };
+            readers.push(ShardReader::new(
+                client,
+                stream,
+                &ready.shard,
+                position,
+                ReadMode::Follow,
+            ));
+        }
+        if readers.is_empty() {
+            if let waiting @ [_, ..] = lineage.waiting().as_slice() {
+                return Err(lineage_cycle(stream, waiting));
+            }
+        }
         let mut received = false;
-        for reader in readers.iter_mut().filter(|reader| !reader.is_finished()) {
-            let remaining = limit.map(|limit| limit.saturating_sub(delivered));
-            if remaining == Some(0) {
-                return Ok(delivered);
+        let mut relist = false;
+        let mut index = 0;
+        while index < readers.len() {
+            if delivery.is_full() {
+                return Ok(());
             }
-            let records = reader.next_batch(page_limit(remaining)).await?;
-            received |= !records.is_empty();
-            for record in records {
-                if limit.is_some_and(|limit| delivered >= limit) {
-                    return Ok(delivered);
+            let reader = &mut readers[index];
+            let shard_id = reader.shard_id().to_owned();
+            match reader.next_batch(delivery.page_limit()).await {
+                Ok(records) => {
+                    received |= !records.is_empty();
+                    if delivery.hand_over(&shard_id, records).is_break() {
+                        return Ok(());
+                    }
                 }
-                delivered += 1;
-                if on_record(reader.shard_id(), record).is_break() {
-                    return Ok(delivered);
+                Err(error) if expired(client, stream, &mut lineage, &shard_id, &error).await? => {
+                    tracing::debug!(stream, shard = %shard_id, "shard expired while followed");
+                    readers.remove(index);
+                    continue;
                 }
+                Err(error) => return Err(error),
+            }
+            let reader = &readers[index];
+            if reader.is_finished() {
+                lineage.drained(&shard_id);
+                // Children new to the read are taken up at once, even before a listing
+                // shows them; the listing below then fills in the rest.
+                relist |= lineage.add_children(reader.child_shards()) > 0;
+                readers.remove(index);
+            } else {
+                index += 1;
             }
         }
-        let all_finished = readers.iter().all(ShardReader::is_finished);
-        if shard_id.is_some() && all_finished {
-            return Ok(delivered);
-        }
-        if shard_id.is_none() && (all_finished || listed_at.elapsed() >= FOLLOW_SHARD_REFRESH) {
+        if relist || lineage.is_done() || listed_at.elapsed() >= FOLLOW_SHARD_REFRESH {
             listed_at = Instant::now();
             match client.list_shards(stream).await {
-                Ok(shards) => {
-                    let any_open = shards.iter().any(|s| s.status() == ShardStatus::Open);
-                    for shard in shards {
-                        if known.insert(shard.shard_id.clone()) {
-                            // Everything in a shard born after the follow began is new.
-                            readers.push(ShardReader::new(
-                                client,
-                                stream,
-                                &shard,
-                                StartingPosition::TrimHorizon,
-                                ReadMode::Follow,
-                            ));
-                        }
-                    }
-                    if !any_open && readers.iter().all(ShardReader::is_finished) {
-                        return Ok(delivered);
+                Ok(listing) => {
+                    let new = lineage.update(listing);
+                    if new == 0 && lineage.is_done() {
+                        // Every shard is closed and read to its end: nothing can come.
+                        return Ok(());
                     }
                 }
                 Err(error) if error.is_retryable() => {
@@ -425,22 +635,10 @@ where
                 Err(error) => return Err(error),
             }
         }
-        if !received {
+        // New children are read at once; otherwise an idle round waits before the next.
+        if !received && !relist {
             tokio::time::sleep(FOLLOW_POLL_INTERVAL).await;
         }
-    }
-}
-
-/// The shards a read covers: the one named, or all of them in ListShards order.
-async fn select_shards(
-    client: &Client,
-    stream: &str,
-    shard_id: Option<&str>,
-) -> Result<Vec<Shard>, Error> {
-    let shards = client.list_shards(stream).await?;
-    match shard_id {
-        None => Ok(shards),
-        Some(shard_id) => Ok(vec![find_shard(&shards, stream, shard_id)?.clone()]),
     }
 }
 
@@ -483,6 +681,76 @@ mod tests {
         assert_eq!(records_up_to(&records(&[9]), 10), None);
         let big = u128::MAX - 1;
         assert_eq!(records_up_to(&records(&[big, u128::MAX]), big), Some(1));
+    }
+
+    #[test]
+    fn closed_shards_are_read_to_their_end() {
+        let shard = |status: ShardStatus, last: Option<&str>| {
+            let mut shard = Shard {
+                last_sequence_number: last.map(str::to_owned),
+                ..Default::default()
+            };
+            shard.set_status(status);
+            shard
+        };
+        let cases = [
+            (
+                ReadMode::UntilTip,
+                ShardStatus::Open,
+                Some("7"),
+                Stop::Tip(7),
+            ),
+            (ReadMode::UntilTip, ShardStatus::Open, None, Stop::Empty),
+            (
+                ReadMode::UntilTip,
+                ShardStatus::Closed,
+                Some("7"),
+                Stop::End,
+            ),
+            // A closed shard's tip may be left out of the listing; it still has records.
+            (ReadMode::UntilTip, ShardStatus::Closed, None, Stop::End),
+            (ReadMode::Follow, ShardStatus::Open, Some("7"), Stop::End),
+        ];
+        for (mode, status, last, expected) in cases {
+            assert_eq!(
+                Stop::for_shard(mode, &shard(status, last)),
+                expected,
+                "{mode:?} {status:?} {last:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn delivery_stops_at_the_limit_or_when_the_callback_breaks() {
+        let mut seen = Vec::new();
+        let mut delivery = Delivery::new(Some(5), |shard: &str, record: Record| {
+            seen.push((shard.to_owned(), record.sequence_number));
+            ControlFlow::Continue(())
+        });
+        assert_eq!(delivery.page_limit(), 5);
+        assert!(delivery.hand_over("a", records(&[1, 2, 3])).is_continue());
+        assert_eq!(delivery.page_limit(), 2);
+        assert!(delivery.hand_over("b", records(&[4, 5, 6])).is_break());
+        assert_eq!(delivery.delivered, 5);
+        assert!(delivery.is_full());
+        assert_eq!(
+            seen.len(),
+            5,
+            "the record past the limit is not handed over"
+        );
+
+        let mut delivery = Delivery::new(None, |_: &str, record: Record| {
+            if record.sequence_number == "2" {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        });
+        assert!(delivery.hand_over("a", records(&[1, 2, 3])).is_break());
+        assert_eq!(
+            delivery.delivered, 2,
+            "the breaking record counts as handed over"
+        );
     }
 
     #[test]

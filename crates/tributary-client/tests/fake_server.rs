@@ -5,7 +5,7 @@
 //! expires mid-read, a ListShards tip that lags the log. End-to-end behaviour against real
 //! nodes lives in the workspace `tests` crate.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::ops::ControlFlow;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -16,11 +16,16 @@ use tonic::{Request, Response, Status};
 use tributary_client::proto::v1::data_service_server::{DataService, DataServiceServer};
 use tributary_client::proto::v1::stream_service_server::{StreamService, StreamServiceServer};
 use tributary_client::proto::v1::{
-    CreateStreamRequest, CreateStreamResponse, DeleteStreamRequest, DeleteStreamResponse,
-    DescribeStreamRequest, DescribeStreamResponse, GetRecordsRequest, GetShardIteratorRequest,
-    GetShardIteratorResponse, ListShardsRequest, ListShardsResponse, ListStreamsRequest,
-    ListStreamsResponse, PutRecordRequest, PutRecordsRequest, PutRecordsResultEntry,
-    ShardIteratorType,
+    AddTagsToStreamRequest, AddTagsToStreamResponse, ChildShard, CreateStreamRequest,
+    CreateStreamResponse, DeleteStreamRequest, DeleteStreamResponse, DescribeStreamRequest,
+    DescribeStreamResponse, DescribeStreamSummaryRequest, DescribeStreamSummaryResponse,
+    GetRecordsRequest, GetShardIteratorRequest, GetShardIteratorResponse, ListShardsRequest,
+    ListShardsResponse, ListStreamsRequest, ListStreamsResponse, ListTagsForStreamRequest,
+    ListTagsForStreamResponse, MergeShardsRequest, MergeShardsResponse, PutRecordRequest,
+    PutRecordsRequest, PutRecordsResultEntry, RemoveTagsFromStreamRequest,
+    RemoveTagsFromStreamResponse, ShardIteratorType, SplitShardRequest, SplitShardResponse,
+    UpdateShardCountRequest, UpdateShardCountResponse, UpdateStreamRetentionRequest,
+    UpdateStreamRetentionResponse,
 };
 use tributary_client::{
     error_code_name, follow, put_all, read_shard_until_tip, read_stream_until_tip,
@@ -56,6 +61,98 @@ struct FakeState {
     max_page: usize,
     /// DescribeStream reports CREATING this many times before ACTIVE.
     creating_describes: usize,
+    /// ListShards lists the shards in reverse (children before parents).
+    reverse_listing: bool,
+    /// ListShards leaves these shards out (a node that lags behind a reshard).
+    unlisted: HashSet<String>,
+    tags: BTreeMap<String, String>,
+    retention_seconds: u64,
+}
+
+impl FakeState {
+    fn index_of(&self, shard_id: &str) -> Result<usize, Status> {
+        self.shards
+            .iter()
+            .position(|s| s.meta.shard_id == shard_id)
+            .ok_or_else(|| api_status(ErrorCode::ResourceNotFound, "no such shard"))
+    }
+
+    fn range(&self, index: usize) -> (u128, u128) {
+        let meta = &self.shards[index].meta;
+        let parse = |key: &str| key.parse::<u128>().expect("decimal hash key");
+        (parse(&meta.starting_hash_key), parse(&meta.ending_hash_key))
+    }
+
+    /// Closes the shard at its last record; later writes to its keys go to the new shards.
+    fn close(&mut self, index: usize) {
+        let shard = &mut self.shards[index];
+        shard.meta.set_status(ShardStatus::Closed);
+        shard.meta.ending_sequence_number = Some(
+            shard
+                .log
+                .last()
+                .map_or(shard.meta.starting_sequence_number.clone(), |r| {
+                    r.sequence_number.clone()
+                }),
+        );
+    }
+
+    fn add_child(&mut self, parents: &[&str], start: u128, end: u128) {
+        let index = self.shards.len();
+        let mut meta = Shard {
+            shard_id: format!("shardId-{index:012}"),
+            starting_hash_key: start.to_string(),
+            ending_hash_key: end.to_string(),
+            starting_sequence_number: sequence(index, 0).to_string(),
+            parent_shard_id: parents.first().map(|p| (*p).to_owned()),
+            adjacent_parent_shard_id: parents.get(1).map(|p| (*p).to_owned()),
+            leader_node_id: 1,
+            ..Default::default()
+        };
+        meta.set_status(ShardStatus::Open);
+        self.shards.push(FakeShard {
+            meta,
+            log: Vec::new(),
+            listed_len: None,
+        });
+    }
+
+    fn split(&mut self, shard_id: &str, at: Option<u128>) -> Result<(), Status> {
+        let index = self.index_of(shard_id)?;
+        let (start, end) = self.range(index);
+        let at = at.unwrap_or(start + (end - start) / 2 + 1);
+        self.close(index);
+        self.add_child(&[shard_id], start, at - 1);
+        self.add_child(&[shard_id], at, end);
+        Ok(())
+    }
+
+    fn merge(&mut self, shard_id: &str, adjacent: &str) -> Result<(), Status> {
+        let (first, second) = (self.index_of(shard_id)?, self.index_of(adjacent)?);
+        let (a, b) = (self.range(first), self.range(second));
+        let (start, end) = (a.0.min(b.0), a.1.max(b.1));
+        self.close(first);
+        self.close(second);
+        self.add_child(&[shard_id, adjacent], start, end);
+        Ok(())
+    }
+
+    fn summary(&self) -> StreamSummary {
+        let open = self
+            .shards
+            .iter()
+            .filter(|s| s.meta.status() == ShardStatus::Open)
+            .count();
+        let mut summary = StreamSummary {
+            stream_name: STREAM.into(),
+            shard_count: self.shards.len() as u32,
+            open_shard_count: open as u32,
+            retention_seconds: self.retention_seconds,
+            ..Default::default()
+        };
+        summary.set_status(StreamStatus::Active);
+        summary
+    }
 }
 
 #[derive(Clone)]
@@ -190,16 +287,10 @@ impl StreamService for FakeTributary {
     ) -> Result<Response<DescribeStreamResponse>, Status> {
         check_stream(&request.get_ref().stream_name)?;
         let mut state = self.state();
-        let mut summary = StreamSummary {
-            stream_name: STREAM.into(),
-            shard_count: state.shards.len() as u32,
-            ..Default::default()
-        };
+        let mut summary = state.summary();
         if state.creating_describes > 0 {
             state.creating_describes -= 1;
             summary.set_status(StreamStatus::Creating);
-        } else {
-            summary.set_status(StreamStatus::Active);
         }
         let stream = StreamDescription {
             summary: Some(summary),
@@ -223,9 +314,10 @@ impl StreamService for FakeTributary {
     ) -> Result<Response<ListShardsResponse>, Status> {
         check_stream(&request.get_ref().stream_name)?;
         let state = self.state();
-        let shards = state
+        let mut shards: Vec<Shard> = state
             .shards
             .iter()
+            .filter(|shard| !state.unlisted.contains(&shard.meta.shard_id))
             .map(|shard| {
                 let len = shard
                     .listed_len
@@ -238,7 +330,97 @@ impl StreamService for FakeTributary {
                 meta
             })
             .collect();
+        if state.reverse_listing {
+            shards.reverse();
+        }
         Ok(Response::new(ListShardsResponse { shards }))
+    }
+
+    async fn describe_stream_summary(
+        &self,
+        request: Request<DescribeStreamSummaryRequest>,
+    ) -> Result<Response<DescribeStreamSummaryResponse>, Status> {
+        check_stream(&request.get_ref().stream_name)?;
+        Ok(Response::new(DescribeStreamSummaryResponse {
+            summary: Some(self.state().summary()),
+        }))
+    }
+
+    async fn split_shard(
+        &self,
+        request: Request<SplitShardRequest>,
+    ) -> Result<Response<SplitShardResponse>, Status> {
+        let request = request.into_inner();
+        check_stream(&request.stream_name)?;
+        let at = request
+            .new_starting_hash_key
+            .map(|key| key.parse::<u128>())
+            .transpose()
+            .map_err(|_| api_status(ErrorCode::InvalidArgument, "bad hash key"))?;
+        self.state().split(&request.shard_to_split, at)?;
+        Ok(Response::new(SplitShardResponse {}))
+    }
+
+    async fn merge_shards(
+        &self,
+        request: Request<MergeShardsRequest>,
+    ) -> Result<Response<MergeShardsResponse>, Status> {
+        let request = request.into_inner();
+        check_stream(&request.stream_name)?;
+        self.state()
+            .merge(&request.shard_to_merge, &request.adjacent_shard_to_merge)?;
+        Ok(Response::new(MergeShardsResponse {}))
+    }
+
+    async fn update_shard_count(
+        &self,
+        _: Request<UpdateShardCountRequest>,
+    ) -> Result<Response<UpdateShardCountResponse>, Status> {
+        Err(Status::unimplemented(
+            "the fake reshards by split and merge",
+        ))
+    }
+
+    async fn update_stream_retention(
+        &self,
+        request: Request<UpdateStreamRetentionRequest>,
+    ) -> Result<Response<UpdateStreamRetentionResponse>, Status> {
+        let request = request.into_inner();
+        check_stream(&request.stream_name)?;
+        self.state().retention_seconds = request.retention_seconds;
+        Ok(Response::new(UpdateStreamRetentionResponse {}))
+    }
+
+    async fn add_tags_to_stream(
+        &self,
+        request: Request<AddTagsToStreamRequest>,
+    ) -> Result<Response<AddTagsToStreamResponse>, Status> {
+        let request = request.into_inner();
+        check_stream(&request.stream_name)?;
+        self.state().tags.extend(request.tags);
+        Ok(Response::new(AddTagsToStreamResponse {}))
+    }
+
+    async fn remove_tags_from_stream(
+        &self,
+        request: Request<RemoveTagsFromStreamRequest>,
+    ) -> Result<Response<RemoveTagsFromStreamResponse>, Status> {
+        let request = request.into_inner();
+        check_stream(&request.stream_name)?;
+        let mut state = self.state();
+        for key in &request.tag_keys {
+            state.tags.remove(key);
+        }
+        Ok(Response::new(RemoveTagsFromStreamResponse {}))
+    }
+
+    async fn list_tags_for_stream(
+        &self,
+        request: Request<ListTagsForStreamRequest>,
+    ) -> Result<Response<ListTagsForStreamResponse>, Status> {
+        check_stream(&request.get_ref().stream_name)?;
+        let tags = self.state().tags.clone().into_iter().collect();
+        Ok(Response::new(ListTagsForStreamResponse { tags }))
     }
 }
 
@@ -369,11 +551,38 @@ impl DataService for FakeTributary {
         let limit = (request.limit as usize).min(state.max_page);
         let end = (offset + limit).min(shard.log.len());
         let closed = shard.meta.status() == ShardStatus::Closed;
+        let at_end = closed && end == shard.log.len();
+        let parent_id = &shard.meta.shard_id;
+        let child_shards = if at_end {
+            state
+                .shards
+                .iter()
+                .filter(|child| {
+                    child.meta.parent_shard_id.as_ref() == Some(parent_id)
+                        || child.meta.adjacent_parent_shard_id.as_ref() == Some(parent_id)
+                })
+                .map(|child| ChildShard {
+                    shard_id: child.meta.shard_id.clone(),
+                    parent_shards: [
+                        &child.meta.parent_shard_id,
+                        &child.meta.adjacent_parent_shard_id,
+                    ]
+                    .into_iter()
+                    .flatten()
+                    .cloned()
+                    .collect(),
+                    starting_hash_key: child.meta.starting_hash_key.clone(),
+                    ending_hash_key: child.meta.ending_hash_key.clone(),
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
         let response = GetRecordsResponse {
             records: shard.log[offset..end].to_vec(),
-            next_shard_iterator: (!(closed && end == shard.log.len()))
-                .then(|| format!("{index}:{end}")),
+            next_shard_iterator: (!at_end).then(|| format!("{index}:{end}")),
             millis_behind_latest: if end < shard.log.len() { 1000 } else { 0 },
+            child_shards,
         };
         Ok(Response::new(response))
     }
@@ -747,4 +956,223 @@ async fn server_errors_are_typed_and_waits_are_bounded() {
         "{error}"
     );
     assert!(error.to_string().contains("CREATING"), "{error}");
+}
+
+/// Each key's data values in the order a read handed them over.
+fn read_order_by_key<'a>(
+    records: impl IntoIterator<Item = &'a Record>,
+) -> BTreeMap<String, Vec<usize>> {
+    let mut by_key: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    for record in records {
+        let value = String::from_utf8_lossy(&record.data)
+            .parse()
+            .expect("numeric data");
+        by_key
+            .entry(record.partition_key.clone())
+            .or_default()
+            .push(value);
+    }
+    by_key
+}
+
+/// Writes `rounds` of `per_round` records (data: the running index), resharding between
+/// rounds: shard 0 splits, then its upper child merges with shard 1. Returns the total.
+async fn write_across_reshards(fake: &FakeTributary, client: &Client) -> usize {
+    let per_round = 90;
+    let round = |n: usize| -> Vec<(String, Vec<u8>, Option<String>)> {
+        (n * per_round..(n + 1) * per_round)
+            .map(|i| (format!("key-{}", i % 17), i.to_string().into_bytes(), None))
+            .collect()
+    };
+    put_all(client, STREAM, round(0), &fast_options())
+        .await
+        .expect("write");
+    client
+        .split_shard(STREAM, "shardId-000000000000", None)
+        .await
+        .expect("split");
+    put_all(client, STREAM, round(1), &fast_options())
+        .await
+        .expect("write");
+    client
+        .merge_shards(STREAM, "shardId-000000000003", "shardId-000000000001")
+        .await
+        .expect("merge");
+    put_all(client, STREAM, round(2), &fast_options())
+        .await
+        .expect("write");
+    let logs = fake.logs();
+    assert_eq!(logs.len(), 5);
+    assert!(
+        logs.iter().all(|log| !log.is_empty()),
+        "every shard has records"
+    );
+    3 * per_round
+}
+
+fn assert_put_order(by_key: &BTreeMap<String, Vec<usize>>, total: usize) {
+    assert_eq!(by_key.values().map(Vec::len).sum::<usize>(), total);
+    for (key, values) in by_key {
+        assert!(
+            values.windows(2).all(|w| w[0] < w[1]),
+            "{key} out of put order: {values:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn whole_stream_reads_drain_parents_before_children() {
+    let fake = FakeTributary::new(2);
+    let client = fake.start().await;
+    let total = write_across_reshards(&fake, &client).await;
+    {
+        let mut state = fake.state();
+        // Children listed first: ListShards order alone would read them too early.
+        state.reverse_listing = true;
+        state.max_page = 7;
+    }
+    let records = read_stream_until_tip(&client, STREAM, &StartingPosition::TrimHorizon, None)
+        .await
+        .expect("read");
+    assert_put_order(&read_order_by_key(records.iter().map(|r| &r.record)), total);
+    let position = |id: &str| records.iter().position(|r| r.shard_id == id);
+    let first_of_4 = position("shardId-000000000004").expect("merged child read");
+    assert!(
+        records[first_of_4..]
+            .iter()
+            .all(|r| r.shard_id != "shardId-000000000001" && r.shard_id != "shardId-000000000003"),
+        "both parents of the merged shard are drained before it"
+    );
+
+    // A follow does the same, and finds children a lagging listing does not show yet.
+    {
+        let mut state = fake.state();
+        state.unlisted = [
+            "shardId-000000000002",
+            "shardId-000000000003",
+            "shardId-000000000004",
+        ]
+        .map(String::from)
+        .into();
+    }
+    let mut followed = Vec::new();
+    let count = tokio::time::timeout(
+        Duration::from_secs(20),
+        follow(
+            &client,
+            STREAM,
+            None,
+            &StartingPosition::TrimHorizon,
+            Some(total),
+            |_, record| {
+                followed.push(record);
+                ControlFlow::Continue(())
+            },
+        ),
+    )
+    .await
+    .expect("the follow reaches every record")
+    .expect("follow");
+    assert_eq!(count, total);
+    assert_put_order(&read_order_by_key(&followed), total);
+}
+
+#[tokio::test]
+async fn a_follow_ends_once_every_shard_is_closed_and_read() {
+    let fake = FakeTributary::new(2);
+    let client = fake.start().await;
+    let total = write_across_reshards(&fake, &client).await;
+    {
+        let mut state = fake.state();
+        for index in [2, 4] {
+            state.close(index);
+        }
+    }
+    let mut count = 0;
+    let read = tokio::time::timeout(
+        Duration::from_secs(20),
+        follow(
+            &client,
+            STREAM,
+            None,
+            &StartingPosition::TrimHorizon,
+            None,
+            |_, _| {
+                count += 1;
+                ControlFlow::Continue(())
+            },
+        ),
+    )
+    .await
+    .expect("the follow ends on its own");
+    assert_eq!(read.expect("follow"), total);
+    assert_eq!(count, total);
+}
+
+#[tokio::test]
+async fn control_plane_calls_reach_the_server() {
+    let fake = FakeTributary::new(2);
+    let client = fake.start().await;
+
+    client
+        .add_tags(
+            STREAM,
+            [
+                ("team".to_owned(), "data".to_owned()),
+                ("env".to_owned(), "dev".to_owned()),
+            ],
+        )
+        .await
+        .expect("add tags");
+    client
+        .remove_tags(STREAM, ["env".to_owned()])
+        .await
+        .expect("remove tags");
+    let tags = client.list_tags(STREAM).await.expect("list tags");
+    assert_eq!(
+        tags,
+        BTreeMap::from([("team".to_owned(), "data".to_owned())])
+    );
+
+    client
+        .update_stream_retention(STREAM, Duration::from_secs(7 * 86_400))
+        .await
+        .expect("retention");
+    client
+        .split_shard(STREAM, "shardId-000000000001", Some(u128::MAX - 5))
+        .await
+        .expect("split");
+    let summary = client
+        .describe_stream_summary(STREAM)
+        .await
+        .expect("summary");
+    assert_eq!(summary.retention_seconds, 7 * 86_400);
+    assert_eq!((summary.shard_count, summary.open_shard_count), (4, 3));
+    let shards = client.list_shards(STREAM).await.expect("list");
+    assert_eq!(shards[3].starting_hash_key, (u128::MAX - 5).to_string());
+
+    let settled = client
+        .wait_for_active_where(STREAM, Duration::from_secs(5), |description| {
+            description
+                .summary
+                .as_ref()
+                .is_some_and(|summary| summary.open_shard_count == 3)
+        })
+        .await
+        .expect("settled");
+    assert_eq!(settled.shards.len(), 4);
+    let error = client
+        .wait_for_active_where(STREAM, Duration::from_millis(500), |_| false)
+        .await
+        .expect_err("never settles");
+    assert!(error.to_string().contains("not visible yet"), "{error}");
+
+    let error = client
+        .update_stream_retention(STREAM, Duration::from_millis(1500))
+        .await
+        .expect_err("not whole seconds");
+    assert!(
+        matches!(error, tributary_client::Error::InvalidInput(_)),
+        "{error}"
+    );
 }

@@ -16,7 +16,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tracing::{error, warn};
 
@@ -804,12 +804,23 @@ impl Log {
     /// segment). Also starts a new segment after a last segment that is already sealed (as a
     /// truncation at a segment boundary leaves it). Returns whether it rolled.
     pub fn roll_if_aged(&self, now: SystemTime) -> Result<bool, LogError> {
+        self.roll_if_older(now, self.config.segment_max_age)
+    }
+
+    /// Like [`Log::roll_if_aged`] with a maximum age other than the configured one (a
+    /// stream whose retention is shorter than `segment_max_age` rolls sooner, so its
+    /// expired records can leave the disk).
+    pub fn roll_if_older(&self, now: SystemTime, max_age: Duration) -> Result<bool, LogError> {
         let mut guard = self.write_state();
         let st = &mut *guard;
         st.check_poisoned()?;
         let now_ms = unix_ms(now);
+        let max_age = i64::try_from(max_age.as_millis()).unwrap_or(i64::MAX);
         let next = match st.segments.last() {
-            Some(last) if last.has_frames() && (last.sealed || self.is_aged(last, now_ms)) => {
+            Some(last)
+                if last.has_frames()
+                    && (last.sealed || now_ms.saturating_sub(last.created_ms) >= max_age) =>
+            {
                 last.next_index()
             }
             _ => return Ok(false),

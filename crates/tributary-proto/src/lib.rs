@@ -30,6 +30,7 @@ pub fn error_code_name(code: v1::ErrorCode) -> &'static str {
         ErrorCode::InternalFailure => "InternalFailure",
         ErrorCode::Unavailable => "Unavailable",
         ErrorCode::DataCorruption => "DataCorruption",
+        ErrorCode::ShardClosed => "ShardClosed",
     }
 }
 
@@ -46,6 +47,7 @@ pub fn error_code_from_name(name: &str) -> Option<v1::ErrorCode> {
         ErrorCode::InternalFailure,
         ErrorCode::Unavailable,
         ErrorCode::DataCorruption,
+        ErrorCode::ShardClosed,
     ]
     .into_iter()
     .find(|code| error_code_name(*code) == name)

@@ -40,6 +40,12 @@ pub struct NodeConfig {
     /// Upper bound on shards over all streams on this cluster. Each shard is a raft group
     /// with its own files and timers, so this caps memory and open files.
     pub max_shards: u32,
+    /// Upper bound on streams on this cluster.
+    pub max_streams: u32,
+    /// How often each node looks for expired records, closed shards past retention and
+    /// idle segments to roll, in milliseconds. Expired records are hidden from readers at
+    /// once regardless; this only paces when their disk space is freed.
+    pub retention_check_interval_ms: u64,
     /// Raft heartbeat interval in milliseconds. Lower detects a dead leader sooner but
     /// costs one message per group per follower per interval.
     pub heartbeat_interval_ms: u64,
@@ -66,6 +72,8 @@ impl Default for NodeConfig {
             metrics_listen: None,
             iterator_ttl_ms: 5 * 60 * 1000,
             max_shards: 1024,
+            max_streams: 1024,
+            retention_check_interval_ms: 10_000,
             heartbeat_interval_ms: 250,
             election_timeout_min_ms: 750,
             election_timeout_max_ms: 1500,
@@ -106,6 +114,17 @@ impl NodeConfig {
             return Err(ConfigInvalid(
                 "max_shards is 0; it must be at least 1".into(),
             ));
+        }
+        if self.max_streams == 0 {
+            return Err(ConfigInvalid(
+                "max_streams is 0; it must be at least 1".into(),
+            ));
+        }
+        if self.retention_check_interval_ms < 100 {
+            return Err(ConfigInvalid(format!(
+                "retention_check_interval_ms is {}; it must be at least 100",
+                self.retention_check_interval_ms
+            )));
         }
         if self.heartbeat_interval_ms == 0 {
             return Err(ConfigInvalid(

@@ -66,7 +66,7 @@ impl From<ApiError> for tonic::Status {
             ErrorCode::LimitExceeded => tonic::Code::ResourceExhausted,
             ErrorCode::ProvisionedThroughputExceeded => tonic::Code::ResourceExhausted,
             ErrorCode::ExpiredIterator => tonic::Code::FailedPrecondition,
-            ErrorCode::Unavailable => tonic::Code::Unavailable,
+            ErrorCode::Unavailable | ErrorCode::ShardClosed => tonic::Code::Unavailable,
             ErrorCode::DataCorruption => tonic::Code::DataLoss,
             ErrorCode::InternalFailure | ErrorCode::Unspecified => tonic::Code::Internal,
         };

@@ -14,6 +14,8 @@ pub mod peers;
 pub mod raft;
 pub mod raft_mux;
 pub mod reader;
+pub mod reshard;
+pub mod retention;
 pub mod routing;
 pub mod sequence;
 pub mod server;

@@ -21,7 +21,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run a node.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Run a local 3-node cluster (az-a, az-b, az-c on 127.0.0.1:7101-7103) as three
     /// processes; Ctrl-C stops all three. Data stays in --data-dir across restarts.
     Dev(DevArgs),
@@ -66,6 +66,15 @@ struct ServeArgs {
     /// Maximum shards across all streams.
     #[arg(long, env = "TRIBUTARY_MAX_SHARDS")]
     max_shards: Option<u32>,
+    /// Maximum streams.
+    #[arg(long, env = "TRIBUTARY_MAX_STREAMS")]
+    max_streams: Option<u32>,
+    /// How often expired data is looked for, in milliseconds.
+    #[arg(long, env = "TRIBUTARY_RETENTION_CHECK_INTERVAL_MS")]
+    retention_check_interval_ms: Option<u64>,
+    /// Roll an idle segment after this many seconds.
+    #[arg(long, env = "TRIBUTARY_SEGMENT_MAX_AGE_SECS")]
+    segment_max_age_secs: Option<u64>,
     /// Quiesce a shard group after this many idle milliseconds (0: never).
     #[arg(long, env = "TRIBUTARY_QUIESCE_AFTER_MS")]
     quiesce_after_ms: Option<u64>,
@@ -108,6 +117,15 @@ impl ServeArgs {
         }
         if let Some(v) = self.max_shards {
             config.max_shards = v;
+        }
+        if let Some(v) = self.max_streams {
+            config.max_streams = v;
+        }
+        if let Some(v) = self.retention_check_interval_ms {
+            config.retention_check_interval_ms = v;
+        }
+        if let Some(v) = self.segment_max_age_secs {
+            config.segment_max_age_secs = v;
         }
         if let Some(v) = self.quiesce_after_ms {
             config.quiesce_after_ms = v;

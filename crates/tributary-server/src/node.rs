@@ -18,7 +18,7 @@ use crate::config::NodeConfig;
 use crate::error::ApiError;
 use crate::identity::Identity;
 use crate::iterator::IteratorCodec;
-use crate::metadata::{MetadataCommand, MetadataState, StreamStatus};
+use crate::metadata::{Limits, MetadataCommand, MetadataState, ShardState, StreamStatus};
 use crate::peers::Peers;
 use crate::raft::flusher::Flusher;
 use crate::raft::log_store::GroupLogStore;
@@ -26,8 +26,8 @@ use crate::raft::meta_store::MetaStore;
 use crate::raft::network::PeerNetwork;
 use crate::raft::state_machine::{GroupStateMachine, MetadataShared, ShardTip};
 use crate::raft::{
-    raft_config, Command, CommandResponse, GroupId, Member, Members, Raft, RecordBatch, TypeConfig,
-    METADATA_GROUP,
+    raft_config, Command, CommandResponse, GroupId, Member, Members, Raft, RecordBatch,
+    ShardControl, TypeConfig, METADATA_GROUP,
 };
 
 type RaftMetrics = openraft::RaftMetrics<TypeConfig>;
@@ -60,7 +60,7 @@ pub struct ShardGroup {
 impl ShardGroup {
     /// Records activity and wakes the group if it was quiet. Called on the client paths
     /// (writes, leader read checks) before raft is asked to do anything.
-    fn touch(&self) {
+    pub fn touch(&self) {
         self.activity.lock().unwrap_or_else(|p| p.into_inner()).0 = std::time::Instant::now();
         if self.quiet.load(Ordering::SeqCst) {
             self.wake();
@@ -228,6 +228,7 @@ impl Node {
         self.wait_shard_leaders(Duration::from_secs(10)).await;
         tokio::spawn(Self::reconcile_loop(self.clone()));
         tokio::spawn(Self::rebalance_loop(self.clone()));
+        tokio::spawn(crate::retention::run(self.clone()));
         if self.config.quiesce_after_ms > 0 && !self.peers.others().is_empty() {
             tokio::spawn(Self::quiesce_loop(self.clone()));
         }
@@ -510,7 +511,12 @@ impl Node {
         self.metadata.read()
     }
 
-    /// The metadata raft group (for status reporting).
+    /// A watch that changes after every applied metadata command.
+    pub fn metadata_version(&self) -> watch::Receiver<u64> {
+        self.metadata.version.subscribe()
+    }
+
+    /// The metadata group's raft handle.
     pub fn metadata_raft(&self) -> &Raft {
         &self.metadata_raft
     }
@@ -667,7 +673,7 @@ impl Node {
             CommandResponse::Metadata(outcome) => {
                 outcome.into_result().map(|()| LocalWrite::Done(index))
             }
-            CommandResponse::Applied => {
+            CommandResponse::Applied | CommandResponse::Sealed { .. } => {
                 Err(ApiError::internal("metadata command produced no outcome"))
             }
         }
@@ -758,10 +764,71 @@ impl Node {
         batch: RecordBatch,
     ) -> Result<LocalWrite<u64>, ApiError> {
         group.touch();
+        if group.tip.borrow().sealed_index.is_some() {
+            return Err(shard_closed(group.shard_index));
+        }
         match group.raft.client_write(Command::Append(batch)).await {
-            Ok(response) => Ok(LocalWrite::Done(response.log_id.index)),
+            Ok(response) => match response.data {
+                CommandResponse::Sealed { .. } => Err(shard_closed(group.shard_index)),
+                _ => Ok(LocalWrite::Done(response.log_id.index)),
+            },
             Err(err) => write_error(err),
         }
+    }
+
+    /// Seals a shard for a reshard (idempotent); returns the seal entry's index. A node
+    /// that does not lead the shard forwards the request to the one that does.
+    pub async fn seal(&self, group: &ShardGroup) -> Result<u64, ApiError> {
+        let me = self.config.node_id;
+        self.on_leader(
+            &group.raft,
+            || {
+                format!(
+                    "shard {}'s leadership kept changing while sealing it",
+                    crate::metadata::shard_id(group.shard_index)
+                )
+            },
+            |leader| {
+                Box::pin(async move {
+                    if leader == me {
+                        return self.seal_local(group).await;
+                    }
+                    let mut client = self.peer_client(leader)?;
+                    let mut request =
+                        tonic::Request::new(tributary_proto::v1::ForwardSealRequest {
+                            group_id: group.group_id,
+                        });
+                    request.set_timeout(Duration::from_secs(30));
+                    forward_outcome(leader, client.forward_seal(request).await)
+                })
+            },
+        )
+        .await
+    }
+
+    async fn seal_local(&self, group: &ShardGroup) -> Result<LocalWrite<u64>, ApiError> {
+        group.touch();
+        match group
+            .raft
+            .client_write(Command::Shard(ShardControl::Seal))
+            .await
+        {
+            Ok(response) => match response.data {
+                CommandResponse::Sealed { index } => Ok(LocalWrite::Done(index)),
+                _ => Err(ApiError::internal("sealing produced no seal index")),
+            },
+            Err(err) => write_error(err),
+        }
+    }
+
+    /// Seals a shard this node leads; the peer service calls this.
+    pub async fn forwarded_seal(&self, group: GroupId) -> Result<LocalWrite<u64>, ApiError> {
+        let shard = self.shard_group(group).ok_or_else(|| {
+            ApiError::unavailable(format!(
+                "shard group {group} is not running on this node; retry"
+            ))
+        })?;
+        self.seal_local(&shard).await
     }
 
     /// Appends a forwarded batch here; the peer service calls this.
@@ -892,19 +959,34 @@ impl Node {
     /// Starts missing shard groups, stops removed ones, and marks streams ACTIVE once every
     /// shard has a leader.
     async fn reconcile(&self) {
-        let (desired, creating) = {
+        let (desired, new_groups, settling) = {
             let state = self.metadata.read();
             let desired: HashMap<GroupId, (u64, u32)> = state
                 .shard_groups()
                 .map(|(s, shard)| (shard.group_id, (s.stream_id, shard.shard_index)))
                 .collect();
-            let creating: Vec<(u64, Vec<GroupId>)> = state
+            // Groups nobody has initialized yet: a new stream's, and a reshard's children.
+            let new_groups: Vec<GroupId> = state
+                .shard_groups()
+                .filter(|(s, shard)| {
+                    s.status == StreamStatus::Creating || shard.state == ShardState::Pending
+                })
+                .map(|(_, shard)| shard.group_id)
+                .collect();
+            // Streams that turn ACTIVE once every open shard has a leader.
+            let settling: Vec<(u64, Vec<GroupId>)> = state
                 .streams
                 .values()
-                .filter(|s| s.status == StreamStatus::Creating)
-                .map(|s| (s.stream_id, s.shards.iter().map(|sh| sh.group_id).collect()))
+                .filter(|s| {
+                    s.status == StreamStatus::Creating
+                        || (s.status == StreamStatus::Updating && s.reshard.is_none())
+                })
+                .map(|s| {
+                    let open = s.shards.iter().filter(|sh| sh.is_open());
+                    (s.stream_id, open.map(|sh| sh.group_id).collect())
+                })
                 .collect();
-            (desired, creating)
+            (desired, new_groups, settling)
         };
         let running: std::collections::HashSet<GroupId> = self
             .shards
@@ -966,41 +1048,36 @@ impl Node {
         }
         // A replica starts empty and uninitialized: it cannot start an election, and its
         // leader fills it in (membership included), as for a replica created after the
-        // stream (its node was down, or was replaced). Only while the stream is CREATING
-        // does one node initialize each new group, with the metadata group's voters as
+        // stream (its node was down, or was replaced). Only while the stream is CREATING,
+        // or the shard is a reshard's pending child, does one node initialize each new
+        // group, with the metadata group's voters as
         // members: the group's preferred leader, or the next voter that is up if it is
         // not, so a thousand new groups do not hold three-way elections. Should that node
         // go down before initializing, the next one in line does it on a later pass (two
         // nodes initializing with the same membership is allowed by openraft).
-        for (_, groups) in &creating {
-            for group in groups {
-                let Some(shard) = self.shard_group(*group) else {
-                    continue;
-                };
-                if leader_of(&shard.raft).is_none()
-                    && self.initializes(*group)
-                    && matches!(shard.raft.is_initialized().await, Ok(false))
-                {
-                    if let Err(err) = shard.raft.initialize(self.voters()).await {
-                        tracing::debug!(group, %err, "initializing a new shard group");
-                    }
+        for group in &new_groups {
+            let Some(shard) = self.shard_group(*group) else {
+                continue;
+            };
+            if leader_of(&shard.raft).is_none()
+                && self.initializes(*group)
+                && matches!(shard.raft.is_initialized().await, Ok(false))
+            {
+                if let Err(err) = shard.raft.initialize(self.voters()).await {
+                    tracing::debug!(group, %err, "initializing a new shard group");
                 }
             }
         }
-        // Only the metadata leader marks streams ACTIVE (the others would only forward).
-        let creating = if leader_of(&self.metadata_raft) == Some(self.config.node_id) {
-            creating
-        } else {
-            Vec::new()
-        };
-        for (stream_id, groups) in creating {
-            let mut all_led = true;
-            for group in &groups {
-                let led = self
-                    .shard_group(*group)
-                    .is_some_and(|g| leader_of(&g.raft).is_some());
-                all_led &= led;
-            }
+        // Only the metadata leader marks streams ACTIVE and drives reshards (the others
+        // would only forward).
+        if leader_of(&self.metadata_raft) != Some(self.config.node_id) {
+            return;
+        }
+        for (stream_id, groups) in settling {
+            let all_led = groups.iter().all(|group| {
+                self.shard_group(*group)
+                    .is_some_and(|g| leader_of(&g.raft).is_some())
+            });
             if all_led {
                 if let Err(err) = self
                     .propose_metadata(MetadataCommand::MarkStreamActive { stream_id })
@@ -1009,6 +1086,15 @@ impl Node {
                     tracing::warn!(stream_id, %err, "cannot mark stream active yet");
                 }
             }
+        }
+        crate::reshard::drive(self).await;
+    }
+
+    /// The cluster limits new streams and reshards are checked against.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_shards: self.config.max_shards,
+            max_streams: self.config.max_streams,
         }
     }
 
@@ -1455,6 +1541,17 @@ pub fn role_name(state: openraft::ServerState) -> &'static str {
         ServerState::Candidate => "candidate",
         ServerState::Learner => "learner",
         ServerState::Shutdown => "shutdown",
+    }
+}
+
+/// The error for a write to a shard a reshard has sealed.
+pub fn shard_closed(shard_index: u32) -> ApiError {
+    ApiError {
+        code: tributary_proto::v1::ErrorCode::ShardClosed,
+        message: format!(
+            "shard {} was closed by a reshard; its records now go to its child shards; retry",
+            crate::metadata::shard_id(shard_index)
+        ),
     }
 }
 

@@ -1,11 +1,14 @@
 //! Reading records from a shard log: GetShardIterator positions and GetRecords pages.
 //! Readers see only applied (committed) entries: nothing above the tip can be truncated.
+//! They never see a record older than the stream's retention (`horizon_ms`), whether or not
+//! its segment was deleted yet, nor anything at or after a closed shard's seal entry.
 
 use bytes::Bytes;
 
 use crate::error::ApiError;
 use crate::node::ShardGroup;
 use crate::raft::entry_codec;
+use crate::raft::state_machine::ShardTip;
 use crate::sequence::SequenceNumber;
 
 /// A record as returned to readers.
@@ -30,6 +33,30 @@ pub struct ReadPage {
     pub next: (u64, u16),
     /// How far the last returned record is behind the shard's newest record.
     pub millis_behind_latest: u64,
+    /// The shard is sealed and `next` is at its end: nothing more will ever be read.
+    pub at_shard_end: bool,
+}
+
+/// The first index past what readers may see: the seal entry of a sealed shard, else the
+/// entry after the newest applied one.
+fn end_index(tip: &ShardTip) -> u64 {
+    let applied_end = tip.applied_index + 1;
+    tip.sealed_index.map_or(applied_end, |s| s.min(applied_end))
+}
+
+/// The first index that may hold unexpired records, never past the readable end (entries
+/// above the applied index may still be replaced, so no position may point beyond them).
+fn first_unexpired(shard: &ShardGroup, tip: &ShardTip, horizon_ms: i64) -> u64 {
+    let log = shard.log.log();
+    let end = end_index(tip);
+    let mut first = log.first_index().unwrap_or(0).max(tip.trim_index + 1);
+    match log.find_by_timestamp(horizon_ms) {
+        Some(kept) => first = first.max(kept),
+        // Every entry is older than the horizon.
+        None if log.first_index().is_some() => first = end,
+        None => {}
+    }
+    first.min(end)
 }
 
 fn log_error(err: tributary_log::LogError) -> ApiError {
@@ -44,22 +71,29 @@ fn log_error(err: tributary_log::LogError) -> ApiError {
     }
 }
 
-/// The position of the oldest readable record.
-pub fn trim_horizon(shard: &ShardGroup) -> (u64, u16) {
-    (shard.log.log().first_index().unwrap_or(0), 0)
+/// The position of the oldest readable (unexpired) record.
+pub fn trim_horizon(shard: &ShardGroup, horizon_ms: i64) -> (u64, u16) {
+    let tip = *shard.tip.borrow();
+    (
+        first_unexpired(shard, &tip, horizon_ms).min(end_index(&tip)),
+        0,
+    )
 }
 
-/// The position just after the newest committed record.
+/// The position just after the newest committed record (a closed shard's end).
 pub fn latest(shard: &ShardGroup) -> (u64, u16) {
-    (shard.tip.borrow().applied_index + 1, 0)
+    (end_index(&shard.tip.borrow()), 0)
 }
 
-/// The first position at or after `ts_ms`.
-pub fn at_timestamp(shard: &ShardGroup, ts_ms: i64) -> (u64, u16) {
-    let applied = shard.tip.borrow().applied_index;
-    match shard.log.log().find_by_timestamp(ts_ms) {
-        Some(index) if index <= applied => (index, 0),
-        _ => (applied + 1, 0),
+/// The first position at or after `ts_ms`; a time before the retention horizon is the
+/// trim horizon.
+pub fn at_timestamp(shard: &ShardGroup, ts_ms: i64, horizon_ms: i64) -> (u64, u16) {
+    let tip = *shard.tip.borrow();
+    let end = end_index(&tip);
+    let floor = first_unexpired(shard, &tip, horizon_ms);
+    match shard.log.log().find_by_timestamp(ts_ms.max(horizon_ms)) {
+        Some(index) if index < end => (index.max(floor), 0),
+        _ => (end, 0),
     }
 }
 
@@ -67,11 +101,17 @@ pub fn at_timestamp(shard: &ShardGroup, ts_ms: i64) -> (u64, u16) {
 /// record-less entries, such as leader-election blanks, that can follow it).
 pub fn last_sequence(shard: &ShardGroup) -> Result<Option<SequenceNumber>, ApiError> {
     let log = shard.log.log();
-    let applied = shard.tip.borrow().applied_index;
+    let tip = *shard.tip.borrow();
     let Some(first) = log.first_index() else {
         return Ok(None);
     };
-    let mut index = applied.min(log.last_index().unwrap_or(0));
+    let first = first.max(tip.trim_index + 1);
+    let Some(mut index) = end_index(&tip)
+        .checked_sub(1)
+        .map(|i| i.min(log.last_index().unwrap_or(0)))
+    else {
+        return Ok(None);
+    };
     for _ in 0..1024 {
         if index < first {
             return Ok(None);
@@ -95,27 +135,30 @@ pub fn last_sequence(shard: &ShardGroup) -> Result<Option<SequenceNumber>, ApiEr
     Ok(None)
 }
 
-/// Reads up to `limit` records and about `max_bytes` of data from `from`.
+/// Reads up to `limit` records and about `max_bytes` of data from `from`, skipping records
+/// that arrived before `horizon_ms` (expired by retention).
 pub fn read(
     shard: &ShardGroup,
     from: (u64, u16),
     limit: usize,
     max_bytes: usize,
+    horizon_ms: i64,
 ) -> Result<ReadPage, ApiError> {
     let tip = *shard.tip.borrow();
+    let end = end_index(&tip);
     let log = shard.log.log();
     let (mut index, mut slot) = from;
-    if let Some(first) = log.first_index() {
-        if index < first {
-            (index, slot) = (first, 0);
-        }
+    let floor = log.first_index().unwrap_or(0).max(tip.trim_index + 1);
+    if index < floor {
+        (index, slot) = (floor, 0);
     }
+    // Expired entries not trimmed yet are skipped one by one below; a long run of them is
+    // jumped over with the time index (once per call: the search costs a few reads).
+    let mut jumped = false;
     let mut records = Vec::new();
     let mut bytes = 0usize;
-    'outer: while index <= tip.applied_index && records.len() < limit && bytes < max_bytes {
-        let want = usize::try_from(tip.applied_index - index + 1)
-            .unwrap_or(usize::MAX)
-            .min(256);
+    'outer: while index < end && records.len() < limit && bytes < max_bytes {
+        let want = usize::try_from(end - index).unwrap_or(usize::MAX).min(256);
         let batches = log
             .read(index, want, max_bytes.saturating_sub(bytes).max(1))
             .map_err(log_error)?;
@@ -123,24 +166,34 @@ pub fn read(
             break;
         }
         for batch in &batches {
-            if batch.index > tip.applied_index {
+            if batch.index >= end {
                 break 'outer;
+            }
+            if !jumped && batch.timestamp_ms < horizon_ms {
+                jumped = true;
+                let first = first_unexpired(shard, &tip, horizon_ms);
+                if first > batch.index + 1 {
+                    (index, slot) = (first, 0);
+                    continue 'outer;
+                }
             }
             if batch.record_count > 0 {
                 if let Some(decoded) = entry_codec::decode_record_batch(batch).map_err(|e| {
                     ApiError::corruption(format!("entry {} cannot be decoded: {e}", batch.index))
                 })? {
+                    let expired = decoded.arrival_ms < horizon_ms;
                     for (position, record) in decoded
                         .records
                         .into_iter()
                         .enumerate()
                         .skip(usize::from(slot))
+                        .filter(|_| !expired)
                     {
                         let full = records.len() >= limit
                             || (bytes + record.data.len() > max_bytes && !records.is_empty());
                         if full {
                             let at = u16::try_from(position).unwrap_or(u16::MAX);
-                            return Ok(finish(records, (batch.index, at), tip, false));
+                            return Ok(finish(records, (batch.index, at), tip, false, end));
                         }
                         bytes += record.data.len();
                         records.push(ReadRecord {
@@ -163,15 +216,16 @@ pub fn read(
             }
         }
     }
-    let caught_up = index > tip.applied_index;
-    Ok(finish(records, (index, slot), tip, caught_up))
+    let caught_up = index >= end;
+    Ok(finish(records, (index, slot), tip, caught_up, end))
 }
 
 fn finish(
     records: Vec<ReadRecord>,
     next: (u64, u16),
-    tip: crate::raft::state_machine::ShardTip,
+    tip: ShardTip,
     caught_up: bool,
+    end: u64,
 ) -> ReadPage {
     let millis_behind_latest = match (caught_up, records.last()) {
         (true, _) | (false, None) => 0,
@@ -181,5 +235,6 @@ fn finish(
         records,
         next,
         millis_behind_latest,
+        at_shard_end: tip.sealed_index.is_some() && next.0 >= end,
     }
 }

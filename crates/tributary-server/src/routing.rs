@@ -27,17 +27,24 @@ impl HashRange {
     }
 
     /// Splits [0, 2^128-1] into `count` contiguous ranges of (nearly) equal size.
+    ///
+    /// Range `i` starts at `floor(i * 2^128 / count)`, as Kinesis does, so the boundaries
+    /// of `count` shards are also boundaries of any multiple of `count` (scaling 2 -> 8
+    /// splits each shard in four, leaving no sliver shards).
     pub fn split_evenly(count: u32) -> Vec<HashRange> {
         assert!(count > 0, "split_evenly needs at least one shard");
         let n = u128::from(count);
-        let step = u128::MAX / n;
+        // 2^128 = q * n + (r + 1), so floor(i * 2^128 / n) = i * q + floor(i * (r + 1) / n),
+        // with no intermediate value above 2^128 - 1.
+        let (q, r) = (u128::MAX / n, u128::MAX % n);
+        let start = |i: u128| i * q + i * (r + 1) / n;
         (0..n)
             .map(|i| HashRange {
-                start: i * step,
+                start: start(i),
                 end: if i + 1 == n {
                     u128::MAX
                 } else {
-                    (i + 1) * step - 1
+                    start(i + 1) - 1
                 },
             })
             .collect()
@@ -63,6 +70,17 @@ mod tests {
                 end: u128::MAX
             }]
         );
+    }
+
+    #[test]
+    fn boundaries_match_kinesis_and_nest() {
+        // Kinesis: a 2-shard stream's first shard ends at 2^127 - 1.
+        assert_eq!(HashRange::split_evenly(2)[0].end, (1u128 << 127) - 1);
+        let eight = HashRange::split_evenly(8);
+        for (i, two) in HashRange::split_evenly(2).iter().enumerate() {
+            assert_eq!(two.start, eight[i * 4].start);
+            assert_eq!(two.end, eight[i * 4 + 3].end);
+        }
     }
 
     proptest! {

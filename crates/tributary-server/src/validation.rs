@@ -20,9 +20,17 @@ pub const GET_RECORDS_MAX_LIMIT: u32 = 10_000;
 /// GetRecords returns at most this many bytes of record data.
 pub const GET_RECORDS_MAX_BYTES: usize = 10 * 1024 * 1024;
 /// Default retention: 24 hours.
-pub const DEFAULT_RETENTION_HOURS: u32 = 24;
+pub const DEFAULT_RETENTION_SECS: u64 = 24 * 3600;
+/// Shortest retention: 1 minute (a self-hosted convenience; Kinesis's floor is 24 hours).
+pub const MIN_RETENTION_SECS: u64 = 60;
 /// Longest retention: 365 days.
-pub const MAX_RETENTION_HOURS: u32 = 365 * 24;
+pub const MAX_RETENTION_SECS: u64 = 365 * 24 * 3600;
+/// Tags per stream.
+pub const MAX_TAGS: usize = 50;
+/// Tag key length in characters.
+pub const TAG_KEY_MAX_CHARS: usize = 128;
+/// Tag value length in characters.
+pub const TAG_VALUE_MAX_CHARS: usize = 256;
 
 /// Checks a stream name.
 pub fn stream_name(name: &str) -> Result<(), ApiError> {
@@ -103,15 +111,53 @@ pub fn shard_count(count: u32, max: u32) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Resolves a requested retention (0 = default) and checks it.
-pub fn retention_hours(hours: u32) -> Result<u32, ApiError> {
-    match hours {
-        0 => Ok(DEFAULT_RETENTION_HOURS),
-        h if h > MAX_RETENTION_HOURS => Err(ApiError::invalid(format!(
-            "retention is {h} hours; it must be between 1 and {MAX_RETENTION_HOURS} hours (365 days)"
-        ))),
-        h => Ok(h),
+/// Resolves a requested retention in seconds (0 = default) and checks it; returns
+/// milliseconds.
+pub fn retention(seconds: u64, zero_is_default: bool) -> Result<u64, ApiError> {
+    match seconds {
+        0 if zero_is_default => Ok(DEFAULT_RETENTION_SECS * 1000),
+        s if !(MIN_RETENTION_SECS..=MAX_RETENTION_SECS).contains(&s) => {
+            Err(ApiError::invalid(format!(
+                "retention is {s} seconds; it must be between {MIN_RETENTION_SECS} seconds (1 minute) and {MAX_RETENTION_SECS} seconds (365 days)"
+            )))
+        }
+        s => Ok(s * 1000),
     }
+}
+
+/// Checks tags to add to a stream that already has `existing` (keys present in both are
+/// overwritten, so they do not count twice).
+pub fn tags(
+    tags: &std::collections::HashMap<String, String>,
+    existing: &std::collections::BTreeMap<String, String>,
+) -> Result<(), ApiError> {
+    for (key, value) in tags {
+        tag_key(key)?;
+        let chars = value.chars().count();
+        if chars > TAG_VALUE_MAX_CHARS {
+            return Err(ApiError::invalid(format!(
+                "tag {key:?} has a value of {chars} characters; the limit is {TAG_VALUE_MAX_CHARS}"
+            )));
+        }
+    }
+    let total = existing.len() + tags.keys().filter(|k| !existing.contains_key(*k)).count();
+    if total > MAX_TAGS {
+        return Err(ApiError::limit(format!(
+            "the stream would have {total} tags; the limit is {MAX_TAGS} per stream"
+        )));
+    }
+    Ok(())
+}
+
+/// Checks a tag key.
+pub fn tag_key(key: &str) -> Result<(), ApiError> {
+    let chars = key.chars().count();
+    if chars == 0 || chars > TAG_KEY_MAX_CHARS {
+        return Err(ApiError::invalid(format!(
+            "tag key {key:?} is {chars} characters; it must be 1-{TAG_KEY_MAX_CHARS}"
+        )));
+    }
+    Ok(())
 }
 
 /// Resolves a requested record size limit (0 = default) and checks it.
@@ -205,12 +251,34 @@ mod tests {
             shard_count(11, 10).expect_err("over").code,
             tributary_proto::v1::ErrorCode::LimitExceeded
         );
-        assert_eq!(retention_hours(0).ok(), Some(24));
-        assert!(retention_hours(365 * 24 + 1).is_err());
+        assert_eq!(retention(0, true).ok(), Some(24 * 3600 * 1000));
+        assert!(retention(0, false).is_err());
+        assert_eq!(retention(60, true).ok(), Some(60_000));
+        let short = retention(59, true).expect_err("under a minute").message;
+        assert!(short.contains("between 60 seconds (1 minute)"), "{short}");
+        assert!(retention(365 * 24 * 3600 + 1, true).is_err());
         assert_eq!(max_record_bytes(0).ok(), Some(1 << 20));
         assert!(max_record_bytes(10 * 1024 * 1024 + 1).is_err());
         assert!(get_records_limit(10_001).is_err());
         assert!(record_data(1 << 20, 1 << 20).is_ok());
         assert!(record_data((1 << 20) + 1, 1 << 20).is_err());
+    }
+
+    #[test]
+    fn tag_limits() {
+        let mut existing = std::collections::BTreeMap::new();
+        for i in 0..49 {
+            existing.insert(format!("k{i}"), String::new());
+        }
+        let one = |k: &str, v: &str| std::iter::once((k.to_string(), v.to_string())).collect();
+        assert!(tags(&one("k0", "overwrite"), &existing).is_ok());
+        assert!(tags(&one("new", "v"), &existing).is_ok());
+        existing.insert("k49".into(), String::new());
+        let err = tags(&one("new", "v"), &existing).expect_err("51 tags");
+        assert_eq!(err.code, tributary_proto::v1::ErrorCode::LimitExceeded);
+        assert!(err.message.contains("limit is 50"), "{}", err.message);
+        assert!(tags(&one("", "v"), &existing).is_err());
+        assert!(tags(&one(&"k".repeat(129), "v"), &Default::default()).is_err());
+        assert!(tags(&one("k", &"v".repeat(257)), &Default::default()).is_err());
     }
 }

@@ -13,7 +13,9 @@ use crate::output::{record_line, write_json_line, OutputFormat, RecordView};
 pub struct GetArgs {
     /// The stream to read.
     pub stream: String,
-    /// Read only this shard. Default: every shard, one after another in `shard list` order.
+    /// Read only this shard. Default: every shard, closed ones included, one after another:
+    /// each parent before its children (so every partition key's records come out in put
+    /// order across splits and merges), otherwise in `shard list` order.
     #[arg(long, value_name = "ID")]
     pub shard: Option<String>,
     /// Where to start: trim-horizon, latest, at:SEQ, after:SEQ or time:RFC3339.

@@ -6,6 +6,7 @@ use clap::Args;
 use tributary_client::{put_all, PutOptions};
 
 use super::Context;
+use crate::hash_key::parse_hash_key;
 use crate::output::{write_json_line, OutputFormat, PutResultView};
 
 #[derive(Debug, Args)]
@@ -18,7 +19,11 @@ pub struct PutArgs {
     pub key: Option<String>,
     /// A decimal 128-bit integer that picks the shard instead of the key's MD5 hash.
     #[arg(long, value_name = "H", value_parser = parse_hash_key)]
-    pub explicit_hash_key: Option<String>,
+    pub explicit_hash_key: Option<u128>,
+    /// Read each stdin line as KEY, this separator, then DATA (e.g. `--key-separator ,` for
+    /// `user-7,clicked`), so one run can write many partition keys.
+    #[arg(long, value_name = "SEP", conflicts_with = "key")]
+    pub key_separator: Option<String>,
     /// The record's data. Without it, every line of stdin is one record (its trailing newline
     /// removed).
     pub data: Option<String>,
@@ -39,13 +44,18 @@ pub async fn run(context: &Context, args: PutArgs) -> anyhow::Result<()> {
         Some(data) => vec![data.into_bytes()],
         None => read_lines(std::io::stdin().lock())?,
     };
+    let explicit_hash_key = args.explicit_hash_key.map(|key| key.to_string());
     let records: Vec<(String, Vec<u8>, Option<String>)> = data
         .into_iter()
-        .map(|data| {
-            let key = args.key.clone().unwrap_or_else(random_key);
-            (key, data, args.explicit_hash_key.clone())
+        .enumerate()
+        .map(|(line, data)| {
+            let (key, data) = match &args.key_separator {
+                Some(separator) => split_key(data, separator.as_bytes(), line + 1)?,
+                None => (args.key.clone().unwrap_or_else(random_key), data),
+            };
+            Ok((key, data, explicit_hash_key.clone()))
         })
-        .collect();
+        .collect::<anyhow::Result<_>>()?;
     let total = records.len();
     let client = context.connect().await.map_err(|source| PartialPut {
         acknowledged: 0,
@@ -72,6 +82,22 @@ pub async fn run(context: &Context, args: PutArgs) -> anyhow::Result<()> {
     }
     eprintln!("{}", acknowledged_line(summary.acknowledged, None));
     Ok(())
+}
+
+/// Splits `KEY<sep>DATA` at the first separator.
+fn split_key(line: Vec<u8>, separator: &[u8], number: usize) -> anyhow::Result<(String, Vec<u8>)> {
+    let at = (!separator.is_empty())
+        .then(|| line.windows(separator.len()).position(|w| w == separator))
+        .flatten()
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "line {number} has no key separator {:?}; with --key-separator every line is KEY, separator, DATA",
+                String::from_utf8_lossy(separator)
+            )
+        })?;
+    let key = String::from_utf8(line[..at].to_vec())
+        .map_err(|_| anyhow::anyhow!("line {number}: the partition key is not UTF-8"))?;
+    Ok((key, line[at + separator.len()..].to_vec()))
 }
 
 /// `1000 records acknowledged`, or `37 of 1000 records acknowledged` after a failure.
@@ -105,18 +131,23 @@ fn random_key() -> String {
     format!("{:016x}", rand::random::<u64>())
 }
 
-fn parse_hash_key(input: &str) -> Result<String, String> {
-    match input.parse::<u128>() {
-        Ok(_) if input.bytes().all(|b| b.is_ascii_digit()) => Ok(input.to_owned()),
-        _ => Err(format!(
-            "'{input}' is not a decimal integer from 0 to 340282366920938463463374607431768211455"
-        )),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn key_separator_splits_at_the_first_occurrence() {
+        let (key, data) = split_key(b"user-7,clicked,twice".to_vec(), b",", 1).expect("split");
+        assert_eq!(
+            (key.as_str(), data.as_slice()),
+            ("user-7", &b"clicked,twice"[..])
+        );
+        let err = split_key(b"no separator".to_vec(), b",", 3).expect_err("missing");
+        assert!(
+            err.to_string().contains("line 3 has no key separator"),
+            "{err}"
+        );
+    }
 
     #[test]
     fn stdin_lines_lose_only_their_line_ending() {
@@ -138,21 +169,6 @@ mod tests {
         let key = random_key();
         assert_eq!(key.len(), 16);
         assert!(key.bytes().all(|b| b.is_ascii_hexdigit()), "{key}");
-    }
-
-    #[test]
-    fn explicit_hash_keys_are_decimal_u128() {
-        assert!(parse_hash_key("0").is_ok());
-        assert!(parse_hash_key(&u128::MAX.to_string()).is_ok());
-        for bad in [
-            "",
-            "-1",
-            "+1",
-            "0x10",
-            "340282366920938463463374607431768211456",
-        ] {
-            assert!(parse_hash_key(bad).is_err(), "{bad}");
-        }
     }
 
     #[test]

@@ -12,6 +12,28 @@ pub enum Command {
     Append(RecordBatch),
     /// A change to streams and shards (metadata group only).
     Metadata(MetadataCommand),
+    /// A change to a shard's own state (shard groups only).
+    Shard(ShardControl),
+}
+
+/// Control entries of a shard group's log. They carry no records.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub enum ShardControl {
+    /// Closes the shard for a reshard: entries after this one are never records of the
+    /// shard (appends that land after it are answered `ShardClosed`), so the shard's
+    /// ending sequence number is fixed by this entry's index on every replica.
+    Seal,
+    /// Retention: entries up to and including `index` (whose term is `term`, proposed by
+    /// `leader_node`) have expired. Every replica hides them, snapshots at this point and
+    /// purges whole segments below it, so replicas agree on TRIM_HORIZON across failover.
+    Trim {
+        /// Last expired index.
+        index: u64,
+        /// Term of that entry.
+        term: u64,
+        /// Leader node of that entry's term.
+        leader_node: u64,
+    },
 }
 
 impl std::fmt::Display for Command {
@@ -19,6 +41,7 @@ impl std::fmt::Display for Command {
         match self {
             Command::Append(batch) => write!(f, "Append({} records)", batch.records.len()),
             Command::Metadata(command) => write!(f, "Metadata({command:?})"),
+            Command::Shard(control) => write!(f, "Shard({control:?})"),
         }
     }
 }
@@ -49,4 +72,10 @@ pub enum CommandResponse {
     Applied,
     /// A metadata command was applied (or rejected by the state machine).
     Metadata(MetadataOutcome),
+    /// The shard is sealed at this index (the answer to `Seal`, and to any append that
+    /// landed after the seal, which is not part of the shard).
+    Sealed {
+        /// Index of the seal entry.
+        index: u64,
+    },
 }

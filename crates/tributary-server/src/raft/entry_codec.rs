@@ -8,6 +8,7 @@
 //! kind 1 membership: JSON of openraft::Membership
 //! kind 2 append:     arrival_ms i64 | count u32 | count x (key_len u16 | key | data_len u32 | data)
 //! kind 3 metadata:   JSON of MetadataCommand
+//! kind 4 shard:      JSON of ShardControl (seal, trim)
 //! ```
 //! `entry_format` lets a later release read entries written by this one (rolling upgrades).
 
@@ -24,6 +25,7 @@ const KIND_BLANK: u8 = 0;
 const KIND_MEMBERSHIP: u8 = 1;
 const KIND_APPEND: u8 = 2;
 const KIND_METADATA: u8 = 3;
+const KIND_SHARD: u8 = 4;
 
 fn invalid(detail: impl Into<String>) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, detail.into())
@@ -79,6 +81,12 @@ pub fn encode(entry: &Entry) -> io::Result<tributary_log::Batch> {
             buf.put_slice(&json);
             (now_ms(), 0)
         }
+        EntryPayload::Normal(Command::Shard(control)) => {
+            buf.put_u8(KIND_SHARD);
+            let json = serde_json::to_vec(control).map_err(|e| invalid(e.to_string()))?;
+            buf.put_slice(&json);
+            (now_ms(), 0)
+        }
     };
     Ok(tributary_log::Batch {
         index: log_id.index,
@@ -119,6 +127,9 @@ pub fn decode(batch: &tributary_log::Batch) -> io::Result<Entry> {
         ),
         KIND_APPEND => EntryPayload::Normal(Command::Append(decode_records(payload, batch.index)?)),
         KIND_METADATA => EntryPayload::Normal(Command::Metadata(
+            serde_json::from_slice(&payload).map_err(|e| invalid(e.to_string()))?,
+        )),
+        KIND_SHARD => EntryPayload::Normal(Command::Shard(
             serde_json::from_slice(&payload).map_err(|e| invalid(e.to_string()))?,
         )),
         other => {
@@ -248,6 +259,30 @@ mod tests {
         match decode(&encoded).expect("decode").payload {
             EntryPayload::Membership(got) => assert_eq!(got, membership),
             other => panic!("wrong payload {other:?}"),
+        }
+    }
+
+    #[test]
+    fn shard_control_round_trips_and_carries_no_records() {
+        for control in [
+            crate::raft::ShardControl::Seal,
+            crate::raft::ShardControl::Trim {
+                index: 41,
+                term: 3,
+                leader_node: 2,
+            },
+        ] {
+            let batch = encode(&entry(
+                42,
+                EntryPayload::Normal(Command::Shard(control.clone())),
+            ))
+            .expect("encode");
+            assert_eq!(batch.record_count, 0);
+            assert_eq!(decode_record_batch(&batch).expect("decode"), None);
+            match decode(&batch).expect("decode").payload {
+                EntryPayload::Normal(Command::Shard(got)) => assert_eq!(got, control),
+                other => panic!("wrong payload {other:?}"),
+            }
         }
     }
 

@@ -21,6 +21,9 @@ pub enum GroupKey {
     Purged,
     /// The shard state machine's applied log id and membership.
     Applied,
+    /// A shard group's newest snapshot (its retention trim point), written before openraft
+    /// may purge the log below it.
+    Snapshot,
 }
 
 impl GroupKey {
@@ -30,6 +33,7 @@ impl GroupKey {
             GroupKey::Committed => "committed",
             GroupKey::Purged => "purged",
             GroupKey::Applied => "applied",
+            GroupKey::Snapshot => "snapshot",
         }
     }
 }

@@ -20,7 +20,7 @@ pub mod state_machine;
 use std::sync::Arc;
 
 use crate::config::NodeConfig;
-pub use command::{Command, CommandResponse, RecordBatch, StoredRecord};
+pub use command::{Command, CommandResponse, RecordBatch, ShardControl, StoredRecord};
 
 openraft::declare_raft_types!(
     /// The raft type configuration shared by the metadata group and every shard group.

@@ -15,7 +15,7 @@ use tokio::sync::watch;
 
 use super::log_store::GroupLogStore;
 use super::meta_store::{GroupKey, MetaStore};
-use super::{Command, CommandResponse, GroupId, LogId, TypeConfig};
+use super::{Command, CommandResponse, GroupId, LogId, ShardControl, TypeConfig};
 use crate::metadata::MetadataState;
 
 type Membership = StoredMembershipOf<TypeConfig>;
@@ -27,6 +27,10 @@ pub struct ShardTip {
     pub applied_index: u64,
     /// Arrival time of the newest applied record (ms), 0 when none.
     pub last_record_ms: i64,
+    /// Index of the seal entry once a reshard closed the shard: readers stop before it.
+    pub sealed_index: Option<u64>,
+    /// Retention has expired entries up to and including this index (0 = none).
+    pub trim_index: u64,
 }
 
 /// Shared view of the metadata state plus a change counter the node watches.
@@ -64,10 +68,45 @@ enum Kind {
     },
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Clone, Default, Serialize, Deserialize)]
 struct AppliedState {
     applied: Option<LogId>,
     membership: Membership,
+    /// Shard groups: the seal entry's index (see `ShardControl::Seal`).
+    #[serde(default)]
+    sealed: Option<u64>,
+    /// Shard groups: the newest retention trim point and the membership in force there
+    /// (the snapshot a lagging replica installs is taken at the trim point).
+    #[serde(default)]
+    trim: Option<(LogId, Membership)>,
+}
+
+impl AppliedState {
+    fn tip(&self, last_record_ms: i64) -> ShardTip {
+        ShardTip {
+            applied_index: self.applied.as_ref().map_or(0, |id| id.index),
+            last_record_ms,
+            sealed_index: self.sealed,
+            trim_index: self.trim.as_ref().map_or(0, |(id, _)| id.index),
+        }
+    }
+}
+
+/// What a shard group's snapshot carries: no records (they stay in the log), only the
+/// shard state that entries at or below the snapshot point established.
+#[derive(Default, Serialize, Deserialize)]
+struct ShardSnapshot {
+    sealed: Option<u64>,
+}
+
+/// A shard snapshot as persisted when it is built: openraft purges the log below a built
+/// snapshot without asking the state machine to persist anything, so a restart must find
+/// the snapshot (and install it) even if the applied state was last written below it.
+#[derive(Serialize, Deserialize)]
+struct StoredShardSnapshot {
+    last_log_id: LogId,
+    membership: Membership,
+    sealed: Option<u64>,
 }
 
 /// The state machine of one group; a cheap handle.
@@ -80,7 +119,7 @@ struct Inner {
     group: GroupId,
     meta: Arc<MetaStore>,
     kind: Kind,
-    applied: tokio::sync::Mutex<(Option<LogId>, Membership)>,
+    applied: tokio::sync::Mutex<AppliedState>,
 }
 
 impl GroupStateMachine {
@@ -105,21 +144,25 @@ impl GroupStateMachine {
         meta: Arc<MetaStore>,
         log: GroupLogStore,
     ) -> io::Result<(Self, watch::Receiver<ShardTip>)> {
-        let restored: Option<AppliedState> = meta.get(group, GroupKey::Applied)?;
-        let (applied, membership) = match restored {
-            Some(state) => (state.applied, state.membership),
-            None => (None, Membership::default()),
-        };
-        let tip = ShardTip {
-            applied_index: applied.as_ref().map_or(0, |id| id.index),
-            last_record_ms: log.log().last_timestamp_ms().unwrap_or(0),
-        };
+        let mut restored: AppliedState = meta.get(group, GroupKey::Applied)?.unwrap_or_default();
+        let snapshot: Option<StoredShardSnapshot> = meta.get(group, GroupKey::Snapshot)?;
+        if let Some(snapshot) = snapshot {
+            let newer = restored
+                .trim
+                .as_ref()
+                .is_none_or(|(id, _)| id.index < snapshot.last_log_id.index);
+            if newer {
+                restored.trim = Some((snapshot.last_log_id, snapshot.membership));
+                restored.sealed = restored.sealed.or(snapshot.sealed);
+            }
+        }
+        let tip = restored.tip(log.log().last_timestamp_ms().unwrap_or(0));
         let (tx, rx) = watch::channel(tip);
         let inner = Inner {
             group,
             meta,
             kind: Kind::Shard { tip: tx, log },
-            applied: tokio::sync::Mutex::new((applied, membership)),
+            applied: tokio::sync::Mutex::new(restored),
         };
         Ok((
             Self {
@@ -137,15 +180,58 @@ impl RaftSnapshotBuilder<TypeConfig> for GroupStateMachine {
         &mut self,
     ) -> Result<SnapshotOf<TypeConfig, Cursor<Vec<u8>>>, io::Error> {
         let applied = self.inner.applied.lock().await;
-        let data = match &self.inner.kind {
-            Kind::Metadata(shared) => {
-                serde_json::to_vec(&*shared.read()).map_err(io::Error::other)?
+        let snapshot = self.inner.snapshot(&applied)?;
+        if let (Kind::Shard { .. }, Some(last_log_id)) =
+            (&self.inner.kind, snapshot.meta.last_log_id)
+        {
+            let data: ShardSnapshot =
+                serde_json::from_slice(snapshot.snapshot.get_ref()).map_err(io::Error::other)?;
+            let stored = StoredShardSnapshot {
+                last_log_id,
+                membership: snapshot.meta.last_membership.clone(),
+                sealed: data.sealed,
+            };
+            self.inner
+                .meta
+                .put(self.inner.group, GroupKey::Snapshot, &stored, true)?;
+        }
+        Ok(snapshot)
+    }
+}
+
+impl Inner {
+    /// The metadata group snapshots everything it applied. A shard group snapshots at its
+    /// retention trim point, not at its applied index: a replica that installs the snapshot
+    /// drops its log up to the snapshot point, and records after the trim point are still
+    /// within retention ("retention-anchored snapshot", docs/architecture.md).
+    fn snapshot(
+        &self,
+        applied: &AppliedState,
+    ) -> Result<SnapshotOf<TypeConfig, Cursor<Vec<u8>>>, io::Error> {
+        let (meta, data) = match &self.kind {
+            Kind::Metadata(shared) => (
+                SnapshotMetaOf::<TypeConfig> {
+                    last_log_id: applied.applied,
+                    last_membership: applied.membership.clone(),
+                },
+                serde_json::to_vec(&*shared.read()).map_err(io::Error::other)?,
+            ),
+            Kind::Shard { .. } => {
+                let (last_log_id, last_membership) = match &applied.trim {
+                    Some((id, membership)) => (Some(*id), membership.clone()),
+                    None => (None, Membership::default()),
+                };
+                let sealed = applied
+                    .sealed
+                    .filter(|s| last_log_id.is_some_and(|id| *s <= id.index));
+                (
+                    SnapshotMetaOf::<TypeConfig> {
+                        last_log_id,
+                        last_membership,
+                    },
+                    serde_json::to_vec(&ShardSnapshot { sealed }).map_err(io::Error::other)?,
+                )
             }
-            Kind::Shard { .. } => Vec::new(),
-        };
-        let meta = SnapshotMetaOf::<TypeConfig> {
-            last_log_id: applied.0,
-            last_membership: applied.1.clone(),
         };
         Ok(SnapshotOf::<TypeConfig, Cursor<Vec<u8>>> {
             meta,
@@ -160,7 +246,7 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
 
     async fn applied_state(&mut self) -> Result<(Option<LogId>, Membership), io::Error> {
         let applied = self.inner.applied.lock().await;
-        Ok((applied.0, applied.1.clone()))
+        Ok((applied.applied, applied.membership.clone()))
     }
 
     async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
@@ -173,13 +259,18 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
             let response = match &entry.payload {
                 EntryPayload::Blank => CommandResponse::Applied,
                 EntryPayload::Membership(membership) => {
-                    applied.1 = StoredMembership::new(Some(entry.log_id), membership.clone());
+                    applied.membership =
+                        StoredMembership::new(Some(entry.log_id), membership.clone());
                     CommandResponse::Applied
                 }
-                EntryPayload::Normal(Command::Append(batch)) => {
-                    last_record_ms = Some(batch.arrival_ms);
-                    CommandResponse::Applied
-                }
+                EntryPayload::Normal(Command::Append(batch)) => match applied.sealed {
+                    // Landed after the seal: not part of the shard, never read.
+                    Some(index) => CommandResponse::Sealed { index },
+                    None => {
+                        last_record_ms = Some(batch.arrival_ms);
+                        CommandResponse::Applied
+                    }
+                },
                 EntryPayload::Normal(Command::Metadata(command)) => match &self.inner.kind {
                     Kind::Metadata(shared) => {
                         CommandResponse::Metadata(shared.write().apply(command))
@@ -191,8 +282,17 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
                         )))
                     }
                 },
+                EntryPayload::Normal(Command::Shard(control)) => {
+                    if let Kind::Metadata(_) = &self.inner.kind {
+                        return Err(io::Error::other(format!(
+                            "group {}: shard command in the metadata group at {}",
+                            self.inner.group, entry.log_id
+                        )));
+                    }
+                    apply_shard_control(&mut applied, control, entry.log_id.index)
+                }
             };
-            applied.0 = Some(entry.log_id);
+            applied.applied = Some(entry.log_id);
             if let Some(responder) = responder {
                 responder.send(response);
             }
@@ -202,27 +302,27 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
                 shared.version.send_modify(|v| *v += 1);
             }
             Kind::Shard { tip, log } => {
-                let applied_index = applied.0.as_ref().map_or(0, |id| id.index);
+                let next = applied.tip(0);
                 tip.send_modify(|t| {
-                    t.applied_index = applied_index;
-                    if let Some(ms) = last_record_ms {
-                        t.last_record_ms = t.last_record_ms.max(ms);
-                    }
+                    let last_record_ms = match last_record_ms {
+                        Some(ms) => t.last_record_ms.max(ms),
+                        None => t.last_record_ms,
+                    };
+                    *t = ShardTip {
+                        last_record_ms,
+                        ..next
+                    };
                 });
                 // Persist only what is durable locally, so a crash can never leave the
                 // recorded applied position above the recovered log.
                 if log
                     .log()
                     .durable_index()
-                    .is_some_and(|durable| durable >= applied_index)
+                    .is_some_and(|durable| durable >= next.applied_index)
                 {
-                    let state = AppliedState {
-                        applied: applied.0,
-                        membership: applied.1.clone(),
-                    };
                     self.inner
                         .meta
-                        .put(self.inner.group, GroupKey::Applied, &state, false)?;
+                        .put(self.inner.group, GroupKey::Applied, &*applied, false)?;
                 }
             }
         }
@@ -239,19 +339,89 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
         snapshot: Self::SnapshotData,
     ) -> Result<(), io::Error> {
         let mut applied = self.inner.applied.lock().await;
-        if let Kind::Metadata(shared) = &self.inner.kind {
-            let state: MetadataState =
-                serde_json::from_slice(snapshot.get_ref()).map_err(io::Error::other)?;
-            *shared.write() = state;
-            shared.version.send_modify(|v| *v += 1);
+        applied.applied = meta.last_log_id;
+        applied.membership = meta.last_membership.clone();
+        match &self.inner.kind {
+            Kind::Metadata(shared) => {
+                let state: MetadataState =
+                    serde_json::from_slice(snapshot.get_ref()).map_err(io::Error::other)?;
+                *shared.write() = state;
+                shared.version.send_modify(|v| *v += 1);
+            }
+            Kind::Shard { tip, .. } => {
+                let data: ShardSnapshot = if snapshot.get_ref().is_empty() {
+                    ShardSnapshot::default()
+                } else {
+                    serde_json::from_slice(snapshot.get_ref()).map_err(io::Error::other)?
+                };
+                applied.sealed = data.sealed;
+                applied.trim = meta
+                    .last_log_id
+                    .map(|id| (id, meta.last_membership.clone()));
+                let next = applied.tip(0);
+                tip.send_modify(|t| {
+                    *t = ShardTip {
+                        last_record_ms: t.last_record_ms,
+                        ..next
+                    }
+                });
+                self.inner
+                    .meta
+                    .put(self.inner.group, GroupKey::Applied, &*applied, false)?;
+            }
         }
-        *applied = (meta.last_log_id, meta.last_membership.clone());
         Ok(())
     }
 
     async fn get_current_snapshot(
         &mut self,
     ) -> Result<Option<SnapshotOf<TypeConfig, Self::SnapshotData>>, io::Error> {
-        Ok(None)
+        // A shard's snapshot is tiny and derived from the trim point, so it is rebuilt on
+        // demand; the metadata group never purges its log and so never ships one.
+        let applied = self.inner.applied.lock().await;
+        match (&self.inner.kind, &applied.trim) {
+            (Kind::Shard { .. }, Some(_)) => self.inner.snapshot(&applied).map(Some),
+            _ => Ok(None),
+        }
+    }
+}
+
+/// Applies a seal or trim to a shard's state. Deterministic: every replica decides the
+/// same from the same log.
+fn apply_shard_control(
+    applied: &mut AppliedState,
+    control: &ShardControl,
+    index: u64,
+) -> CommandResponse {
+    match control {
+        ShardControl::Seal => {
+            let sealed = *applied.sealed.get_or_insert(index);
+            CommandResponse::Sealed { index: sealed }
+        }
+        ShardControl::Trim {
+            index: upto,
+            term,
+            leader_node,
+        } => {
+            let newer = applied.trim.as_ref().is_none_or(|(id, _)| id.index < *upto);
+            // The snapshot at the trim point must carry the membership in force there, so
+            // a trim point below the newest membership change waits for a later one.
+            let membership_below = applied
+                .membership
+                .log_id()
+                .as_ref()
+                .is_none_or(|id| id.index <= *upto);
+            if newer && membership_below && *upto < index {
+                let id = LogId::new(
+                    openraft::vote::leader_id_adv::LeaderId {
+                        term: *term,
+                        node_id: *leader_node,
+                    },
+                    *upto,
+                );
+                applied.trim = Some((id, applied.membership.clone()));
+            }
+            CommandResponse::Applied
+        }
     }
 }

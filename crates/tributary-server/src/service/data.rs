@@ -11,7 +11,7 @@ use tributary_proto::v1::data_service_server::DataService;
 use super::{stream_snapshot, timestamp};
 use crate::error::ApiError;
 use crate::iterator::IteratorPosition;
-use crate::metadata::{parse_shard_id, StreamMeta, StreamStatus};
+use crate::metadata::{parse_shard_id, ShardState, StreamMeta, StreamStatus};
 use crate::node::{Node, ShardGroup};
 use crate::raft::{RecordBatch, StoredRecord};
 use crate::reader;
@@ -32,9 +32,13 @@ pub struct DataApi {
 /// A validated entry ready to route.
 struct Routed {
     position: usize,
+    hash: u128,
     shard_index: u32,
     record: StoredRecord,
 }
+
+/// How many times one PutRecords call follows reshards before it reports `ShardClosed`.
+const MAX_REROUTES: usize = 4;
 
 impl DataApi {
     /// A service over a node.
@@ -44,7 +48,7 @@ impl DataApi {
 
     fn writable_stream(&self, name: &str) -> Result<StreamMeta, ApiError> {
         let stream = stream_snapshot(&self.node, name)?;
-        if stream.status != StreamStatus::Active {
+        if stream.status == StreamStatus::Creating {
             return Err(ApiError::in_use(format!(
                 "stream {name} is not ACTIVE yet; retry once it is"
             )));
@@ -52,18 +56,53 @@ impl DataApi {
         Ok(stream)
     }
 
+    /// The stream as metadata shows it once `closed` shards are closed there (a write met
+    /// their seal, so the metadata command that closes them is committed or about to be).
+    async fn stream_after_close(
+        &self,
+        stream: &StreamMeta,
+        closed: &[u32],
+    ) -> Result<StreamMeta, ApiError> {
+        let mut version = self.node.metadata_version();
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let current = stream_snapshot(&self.node, &stream.name)?;
+            if current.stream_id != stream.stream_id {
+                return Err(ApiError::not_found(format!(
+                    "stream {} was deleted",
+                    stream.name
+                )));
+            }
+            let all_closed = closed
+                .iter()
+                .all(|index| current.shard(*index).is_none_or(|shard| !shard.is_open()));
+            if all_closed {
+                return Ok(current);
+            }
+            if tokio::time::timeout_at(deadline, version.changed())
+                .await
+                .is_err()
+            {
+                return Err(crate::node::shard_closed(closed[0]));
+            }
+        }
+    }
+
     fn shard_group(
         &self,
         stream: &StreamMeta,
         shard_index: u32,
     ) -> Result<Arc<ShardGroup>, ApiError> {
-        let shard = stream.shard(shard_index).ok_or_else(|| {
-            ApiError::not_found(format!(
-                "shard {} does not exist in stream {}",
-                crate::metadata::shard_id(shard_index),
-                stream.name
-            ))
-        })?;
+        let shard = stream
+            .shard(shard_index)
+            .filter(|s| s.state != ShardState::Pending)
+            .ok_or_else(|| {
+                ApiError::not_found(format!(
+                    "shard {} does not exist in stream {}",
+                    crate::metadata::shard_id(shard_index),
+                    stream.name
+                ))
+            })?;
         self.node
             .shard_group_or_error(shard.group_id, &shard.shard_id())
     }
@@ -91,6 +130,7 @@ impl DataApi {
             })?;
             routed.push(Routed {
                 position,
+                hash,
                 shard_index: shard.shard_index,
                 record: StoredRecord {
                     partition_key: entry.partition_key,
@@ -102,12 +142,59 @@ impl DataApi {
     }
 
     /// Appends one batch per shard, concurrently; per-shard failures become per-entry errors.
+    /// Entries whose shard a reshard closed meanwhile are routed again, to its children.
     async fn put(
         &self,
         stream: &StreamMeta,
-        routed: Vec<Routed>,
+        mut routed: Vec<Routed>,
     ) -> Vec<pb::PutRecordsResultEntry> {
-        let count = routed.len();
+        let mut results = vec![pb::PutRecordsResultEntry::default(); routed.len()];
+        let mut stream = stream.clone();
+        for attempt in 0..=MAX_REROUTES {
+            let closed = self.put_once(&stream, routed, &mut results).await;
+            let Some((closed_shards, entries)) = closed else {
+                break;
+            };
+            if attempt == MAX_REROUTES {
+                break;
+            }
+            stream = match self.stream_after_close(&stream, &closed_shards).await {
+                Ok(stream) => stream,
+                Err(err) => {
+                    for entry in &entries {
+                        results[entry.position] = failed_entry(&err);
+                    }
+                    break;
+                }
+            };
+            routed = Vec::with_capacity(entries.len());
+            for mut entry in entries {
+                match stream.shard_for_hash(entry.hash) {
+                    Some(shard) => {
+                        entry.shard_index = shard.shard_index;
+                        routed.push(entry);
+                    }
+                    None => {
+                        let err = ApiError::internal(format!(
+                            "no open shard covers hash key {}",
+                            entry.hash
+                        ));
+                        results[entry.position] = failed_entry(&err);
+                    }
+                }
+            }
+        }
+        results
+    }
+
+    /// One round of appends. Returns the entries that met a sealed shard (their results
+    /// hold `ShardClosed` until a later round replaces them), with those shards.
+    async fn put_once(
+        &self,
+        stream: &StreamMeta,
+        routed: Vec<Routed>,
+        results: &mut [pb::PutRecordsResultEntry],
+    ) -> Option<(Vec<u32>, Vec<Routed>)> {
         let mut by_shard: BTreeMap<u32, Vec<Routed>> = BTreeMap::new();
         for entry in routed {
             by_shard.entry(entry.shard_index).or_default().push(entry);
@@ -116,21 +203,21 @@ impl DataApi {
         let appends = by_shard
             .into_iter()
             .map(|(shard_index, entries)| async move {
-                let positions: Vec<usize> = entries.iter().map(|e| e.position).collect();
                 let batch = RecordBatch {
                     arrival_ms,
-                    records: entries.into_iter().map(|e| e.record).collect(),
+                    records: entries.iter().map(|e| e.record.clone()).collect(),
                 };
                 let result = match self.shard_group(stream, shard_index) {
                     Ok(group) => self.node.append(&group, batch).await,
                     Err(err) => Err(err),
                 };
-                (shard_index, positions, result)
+                (shard_index, entries, result)
             });
-        let mut results = vec![pb::PutRecordsResultEntry::default(); count];
-        for (shard_index, positions, result) in join_all(appends).await {
-            for (slot, position) in positions.into_iter().enumerate() {
-                results[position] = match &result {
+        let mut closed_shards = Vec::new();
+        let mut closed_entries = Vec::new();
+        for (shard_index, entries, result) in join_all(appends).await {
+            for (slot, entry) in entries.iter().enumerate() {
+                results[entry.position] = match &result {
                     Ok(log_index) => pb::PutRecordsResultEntry {
                         shard_id: crate::metadata::shard_id(shard_index),
                         sequence_number: SequenceNumber {
@@ -142,16 +229,34 @@ impl DataApi {
                         error_code: pb::ErrorCode::Unspecified as i32,
                         error_message: String::new(),
                     },
-                    Err(err) => pb::PutRecordsResultEntry {
-                        shard_id: String::new(),
-                        sequence_number: String::new(),
-                        error_code: err.code as i32,
-                        error_message: err.message.clone(),
-                    },
+                    Err(err) => failed_entry(err),
                 };
             }
+            if matches!(&result, Err(err) if err.code == pb::ErrorCode::ShardClosed) {
+                closed_shards.push(shard_index);
+                closed_entries.extend(entries);
+            }
         }
-        results
+        (!closed_entries.is_empty()).then(|| {
+            closed_entries.sort_by_key(|e| e.position);
+            (closed_shards, closed_entries)
+        })
+    }
+
+    /// The retention horizon of a stream: records that arrived before it have expired.
+    fn horizon_ms(&self, stream: &StreamMeta) -> i64 {
+        self.node
+            .now_ms()
+            .saturating_sub(i64::try_from(stream.retention_ms).unwrap_or(i64::MAX))
+    }
+}
+
+fn failed_entry(err: &ApiError) -> pb::PutRecordsResultEntry {
+    pb::PutRecordsResultEntry {
+        shard_id: String::new(),
+        sequence_number: String::new(),
+        error_code: err.code as i32,
+        error_message: err.message.clone(),
     }
 }
 
@@ -172,6 +277,29 @@ impl DataService for DataApi {
             message: e.message.trim_start_matches("record 0: ").to_string(),
             ..e
         })?;
+        // SequenceNumberForOrdering: numbers strictly increase within a shard and a child's
+        // are above its parents', so the new record's number is greater whenever the given
+        // one was issued by the record's shard (checked to exist below) or an ancestor. A
+        // number of another shard orders nothing for this key, as in Kinesis, and is accepted.
+        if let (Some(text), Some(entry)) = (&request.sequence_number_for_ordering, routed.first()) {
+            let seq = SequenceNumber::parse(text).map_err(|e| ApiError {
+                message: format!("sequence_number_for_ordering: {}", e.message),
+                ..e
+            })?;
+            if seq.shard_index == entry.shard_index {
+                let group = self.shard_group(&stream, entry.shard_index)?;
+                if seq.log_index > group.tip.borrow().applied_index {
+                    self.node.catch_up_reads(&group).await?;
+                    if seq.log_index > group.tip.borrow().applied_index {
+                        return Err(ApiError::invalid(format!(
+                            "sequence_number_for_ordering {text} is above the newest sequence number of {}",
+                            crate::metadata::shard_id(seq.shard_index)
+                        ))
+                        .into());
+                    }
+                }
+            }
+        }
         let result = self
             .put(&stream, routed)
             .await
@@ -257,7 +385,9 @@ impl DataService for DataApi {
             Ok(seq)
         };
         let (log_index, slot) = match kind {
-            pb::ShardIteratorType::TrimHorizon => reader::trim_horizon(&group),
+            pb::ShardIteratorType::TrimHorizon => {
+                reader::trim_horizon(&group, self.horizon_ms(&stream))
+            }
             pb::ShardIteratorType::Latest => reader::latest(&group),
             pb::ShardIteratorType::AtSequenceNumber => {
                 let seq = sequence("AT_SEQUENCE_NUMBER")?;
@@ -278,7 +408,7 @@ impl DataService for DataApi {
                 if ts_ms > self.node.now_ms() + FUTURE_TIMESTAMP_SLACK_MS {
                     return Err(ApiError::invalid("AT_TIMESTAMP is in the future; use LATEST to read new records").into());
                 }
-                reader::at_timestamp(&group, ts_ms)
+                reader::at_timestamp(&group, ts_ms, self.horizon_ms(&stream))
             }
             pb::ShardIteratorType::Unspecified => {
                 return Err(ApiError::invalid(
@@ -327,8 +457,10 @@ impl DataService for DataApi {
         let group = self.shard_group(&stream, position.shard_index)?;
         self.node.catch_up_reads(&group).await?;
         let from = (position.log_index, position.slot);
-        let mut page = reader::read(&group, from, limit as usize, GET_RECORDS_MAX_BYTES)?;
-        if page.records.is_empty() && !wait.is_zero() {
+        let horizon = self.horizon_ms(&stream);
+        let max_bytes = GET_RECORDS_MAX_BYTES;
+        let mut page = reader::read(&group, from, limit as usize, max_bytes, horizon)?;
+        if page.records.is_empty() && !page.at_shard_end && !wait.is_zero() {
             // Long poll: wake from the shard's apply watch (no timer polling) as soon as
             // an entry past the position commits, then read again.
             let mut tip = group.tip.clone();
@@ -339,15 +471,42 @@ impl DataService for DataApi {
             })
             .await;
             if matches!(committed, Ok(Ok(()))) {
-                page = reader::read(&group, page.next, limit as usize, GET_RECORDS_MAX_BYTES)?;
+                page = reader::read(&group, page.next, limit as usize, max_bytes, horizon)?;
             }
         }
-        let next = codec.encode(&IteratorPosition {
-            log_index: page.next.0,
-            slot: page.next.1,
-            issued_at_ms: now,
-            ..position
-        });
+        // A closed shard read to its end: no next iterator; the children carry on. (Until
+        // this node's metadata shows the shard closed, the reader just waits at the end.)
+        let children: Option<Vec<pb::ChildShard>> = page
+            .at_shard_end
+            .then(|| {
+                let state = self.node.metadata();
+                let current = state.stream_by_id(stream.stream_id)?;
+                let shard = current.shard(position.shard_index)?;
+                if shard.is_open() {
+                    return None;
+                }
+                Some(
+                    current
+                        .children_of(position.shard_index)
+                        .map(|child| pb::ChildShard {
+                            shard_id: child.shard_id(),
+                            parent_shards: child.parents().map(crate::metadata::shard_id).collect(),
+                            starting_hash_key: child.hash_range.start.to_string(),
+                            ending_hash_key: child.hash_range.end.to_string(),
+                        })
+                        .collect(),
+                )
+            })
+            .flatten();
+        let next = match children {
+            Some(_) => None,
+            None => Some(codec.encode(&IteratorPosition {
+                log_index: page.next.0,
+                slot: page.next.1,
+                issued_at_ms: now,
+                ..position
+            })),
+        };
         let records = page
             .records
             .into_iter()
@@ -360,8 +519,9 @@ impl DataService for DataApi {
             .collect();
         Ok(Response::new(pb::GetRecordsResponse {
             records,
-            next_shard_iterator: Some(next),
+            next_shard_iterator: next,
             millis_behind_latest: page.millis_behind_latest,
+            child_shards: children.unwrap_or_default(),
         }))
     }
 }

@@ -196,6 +196,16 @@ impl PeerService for PeerApi {
         )))
     }
 
+    async fn forward_seal(
+        &self,
+        request: Request<pb::ForwardSealRequest>,
+    ) -> Result<Response<pb::ForwardReply>, Status> {
+        let group = request.into_inner().group_id;
+        Ok(Response::new(forward_reply(
+            self.node.forwarded_seal(group).await,
+        )))
+    }
+
     async fn replace_member(
         &self,
         request: Request<pb::ReplaceMemberRequest>,
