@@ -465,4 +465,31 @@ async fn invalid_configuration_is_refused_at_start() {
         .expect("run tributary");
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("node id is 0"));
+
+    for (args, needle) in [
+        (
+            &["--shard-quotas", "--shard-write-records-per-sec", "0"][..],
+            "shard_write_records_per_sec is 0",
+        ),
+        (&["--max-streams", "0"][..], "max_streams is 0"),
+        (
+            &["--retention-check-interval-ms", "5"][..],
+            "retention_check_interval_ms is 5",
+        ),
+    ] {
+        let output = std::process::Command::new(tributary_tests::binary("tributary"))
+            .arg("serve")
+            .args(args)
+            .arg("--data-dir")
+            .arg(dir.path().join("never"))
+            .output()
+            .expect("run tributary");
+        assert!(!output.status.success(), "{args:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(needle), "{args:?}: {stderr}");
+        assert!(
+            !dir.path().join("never").exists(),
+            "a refused config creates nothing"
+        );
+    }
 }

@@ -202,3 +202,90 @@ async fn errors_go_to_stderr_with_a_non_zero_exit() {
     )));
     assert_eq!(read.len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scaling_while_putting_keeps_every_keys_order_through_the_cli() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = NodeProcess::start(&dir.path().join("node"), &[]).await;
+    ok(trib(
+        &node,
+        &["stream", "create", "demo", "--shards", "2"],
+        None,
+    ));
+    // 20,000 records over 100 keys, put while the stream scales to 8 shards and back to 3.
+    let input: String = (1..=20_000)
+        .map(|i| format!("k{},{i}\n", i % 100))
+        .collect();
+    let endpoint = node.endpoint();
+    let put = std::thread::spawn(move || {
+        let mut child = Command::new(binary("trib"))
+            .args([
+                "--endpoint",
+                &endpoint,
+                "put",
+                "demo",
+                "--key-separator",
+                ",",
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run trib put");
+        let mut pipe = child.stdin.take().expect("stdin");
+        pipe.write_all(input.as_bytes()).expect("write stdin");
+        drop(pipe);
+        child.wait_with_output().expect("trib put output")
+    });
+    ok(trib(
+        &node,
+        &["stream", "scale", "demo", "--shards", "8"],
+        None,
+    ));
+    ok(trib(
+        &node,
+        &["stream", "scale", "demo", "--shards", "3"],
+        None,
+    ));
+    ok(put.join().expect("put thread"));
+
+    let records = json_lines(&ok(trib(
+        &node,
+        &["get", "demo", "--from", "trim-horizon", "--output", "json"],
+        None,
+    )));
+    assert_eq!(records.len(), 20_000);
+    let mut by_key: std::collections::BTreeMap<String, Vec<u64>> = Default::default();
+    for record in &records {
+        let data = base64::Engine::decode(
+            &base64::engine::general_purpose::STANDARD,
+            record["data"].as_str().expect("data"),
+        )
+        .expect("base64");
+        let value: u64 = String::from_utf8(data)
+            .expect("utf8")
+            .parse()
+            .expect("number");
+        by_key
+            .entry(record["partition_key"].as_str().expect("key").to_string())
+            .or_default()
+            .push(value);
+    }
+    assert_eq!(by_key.len(), 100);
+    for (key, values) in &by_key {
+        assert!(values.windows(2).all(|w| w[0] < w[1]), "{key} out of order");
+        assert_eq!(values.len(), 200, "{key}");
+    }
+
+    let shards = json_lines(&ok(trib(
+        &node,
+        &["shard", "list", "demo", "--output", "json"],
+        None,
+    )));
+    let open = shards.iter().filter(|s| s["status"] == "OPEN").count();
+    assert_eq!(open, 3, "{shards:?}");
+    for shard in shards.iter().filter(|s| s["status"] == "CLOSED") {
+        assert!(shard["ending_sequence_number"].is_string(), "{shard}");
+    }
+    assert!(shards.iter().any(|s| s["parent_shard_id"].is_string()));
+}

@@ -798,3 +798,103 @@ async fn reshard_retention_and_tag_bad_input_is_rejected_and_changes_nothing() {
         assert!(status.message().contains(needle), "{status:?}");
     }
 }
+
+#[tokio::test]
+async fn shard_quotas_refuse_excess_throughput_and_write_nothing_for_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = NodeProcess::start(
+        dir.path(),
+        &[
+            "--shard-quotas",
+            "--shard-write-records-per-sec",
+            "20",
+            "--shard-read-calls-per-sec",
+            "2",
+        ],
+    )
+    .await;
+    let remote = node.remote();
+    remote.create_stream("q", 1).await;
+    // 100 single-record puts at once: the 20 records/s bucket admits about 21 (plus what
+    // refills meanwhile) and refuses the rest, per entry.
+    let records: Vec<(String, String)> = (0..100).map(|i| ("k".into(), format!("{i}"))).collect();
+    let mut data = remote.data().await;
+    let reply = data
+        .put_records(pb::PutRecordsRequest {
+            stream_name: "q".into(),
+            records: records
+                .iter()
+                .map(|(key, value)| pb::PutRecordsEntry {
+                    partition_key: key.clone(),
+                    data: value.clone().into_bytes().into(),
+                    explicit_hash_key: None,
+                })
+                .collect(),
+        })
+        .await
+        .expect("one batch within quota")
+        .into_inner();
+    assert_eq!(
+        reply.failed_record_count, 0,
+        "the first batch is admitted whole"
+    );
+    let mut refused = 0;
+    let mut admitted = 100;
+    for i in 0..20 {
+        let result = data
+            .put_record(pb::PutRecordRequest {
+                stream_name: "q".into(),
+                partition_key: "k".into(),
+                data: format!("more-{i}").into_bytes().into(),
+                explicit_hash_key: None,
+                sequence_number_for_ordering: None,
+            })
+            .await;
+        match result {
+            Ok(_) => admitted += 1,
+            Err(status) => {
+                assert_eq!(error_code(&status), "ProvisionedThroughputExceeded");
+                assert!(status.message().contains("20 records/s"), "{status:?}");
+                refused += 1;
+            }
+        }
+    }
+    assert!(
+        refused >= 15,
+        "the shard is in debt for ~4 s: {refused} refused"
+    );
+    // Refused writes changed nothing.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let read = remote
+        .read_shard("q", "shardId-000000000000")
+        .await
+        .expect("read");
+    assert_eq!(read.len(), admitted);
+
+    // Reads: 2 GetRecords calls per second on this node (reading all took two).
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let page = first_page(
+        &remote,
+        "q",
+        "shardId-000000000000",
+        pb::ShardIteratorType::Latest,
+    )
+    .await;
+    let next = page.next_shard_iterator.expect("next");
+    let again = |iterator: String| pb::GetRecordsRequest {
+        shard_iterator: iterator,
+        ..Default::default()
+    };
+    data.get_records(again(next.clone()))
+        .await
+        .expect("second call within the second");
+    let status = data
+        .get_records(again(next))
+        .await
+        .expect_err("third call within the second");
+    assert_eq!(error_code(&status), "ProvisionedThroughputExceeded");
+    assert!(
+        status.message().contains("2 GetRecords calls/s"),
+        "{status:?}"
+    );
+}

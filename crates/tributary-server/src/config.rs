@@ -46,6 +46,17 @@ pub struct NodeConfig {
     /// idle segments to roll, in milliseconds. Expired records are hidden from readers at
     /// once regardless; this only paces when their disk space is freed.
     pub retention_check_interval_ms: u64,
+    /// Per-shard throughput quotas (Kinesis-style; see `quota.rs`). Off by default: a
+    /// self-hosted cluster is usually limited by its hardware, not by a per-shard contract.
+    pub shard_quotas: bool,
+    /// With `shard_quotas`: record bytes (data + keys) a shard takes per second.
+    pub shard_write_bytes_per_sec: u64,
+    /// With `shard_quotas`: records a shard takes per second.
+    pub shard_write_records_per_sec: u64,
+    /// With `shard_quotas`: record bytes GetRecords returns per shard per second (per node).
+    pub shard_read_bytes_per_sec: u64,
+    /// With `shard_quotas`: GetRecords calls per shard per second (per node).
+    pub shard_read_calls_per_sec: u64,
     /// Raft heartbeat interval in milliseconds. Lower detects a dead leader sooner but
     /// costs one message per group per follower per interval.
     pub heartbeat_interval_ms: u64,
@@ -74,6 +85,11 @@ impl Default for NodeConfig {
             max_shards: 1024,
             max_streams: 1024,
             retention_check_interval_ms: 10_000,
+            shard_quotas: false,
+            shard_write_bytes_per_sec: 1024 * 1024,
+            shard_write_records_per_sec: 1000,
+            shard_read_bytes_per_sec: 2 * 1024 * 1024,
+            shard_read_calls_per_sec: 5,
             heartbeat_interval_ms: 250,
             election_timeout_min_ms: 750,
             election_timeout_max_ms: 1500,
@@ -89,6 +105,16 @@ impl Default for NodeConfig {
 pub struct ConfigInvalid(pub String);
 
 impl NodeConfig {
+    /// The per-shard quotas, when enabled.
+    pub fn quota_limits(&self) -> Option<crate::quota::QuotaLimits> {
+        self.shard_quotas.then_some(crate::quota::QuotaLimits {
+            write_bytes_per_sec: self.shard_write_bytes_per_sec,
+            write_records_per_sec: self.shard_write_records_per_sec,
+            read_bytes_per_sec: self.shard_read_bytes_per_sec,
+            read_calls_per_sec: self.shard_read_calls_per_sec,
+        })
+    }
+
     /// Rejects combinations that would start a node that cannot work.
     pub fn validate(&self) -> Result<(), ConfigInvalid> {
         if self.node_id == 0 {
@@ -125,6 +151,21 @@ impl NodeConfig {
                 "retention_check_interval_ms is {}; it must be at least 100",
                 self.retention_check_interval_ms
             )));
+        }
+        for (name, value) in [
+            ("shard_write_bytes_per_sec", self.shard_write_bytes_per_sec),
+            (
+                "shard_write_records_per_sec",
+                self.shard_write_records_per_sec,
+            ),
+            ("shard_read_bytes_per_sec", self.shard_read_bytes_per_sec),
+            ("shard_read_calls_per_sec", self.shard_read_calls_per_sec),
+        ] {
+            if value == 0 {
+                return Err(ConfigInvalid(format!(
+                    "{name} is 0; it must be at least 1 (turn quotas off with shard_quotas = false)"
+                )));
+            }
         }
         if self.heartbeat_interval_ms == 0 {
             return Err(ConfigInvalid(

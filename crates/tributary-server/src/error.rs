@@ -39,6 +39,10 @@ impl ApiError {
     pub fn limit(message: impl Into<String>) -> Self {
         Self::new(ErrorCode::LimitExceeded, message)
     }
+    /// A shard's throughput quota exceeded.
+    pub fn throughput(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::ProvisionedThroughputExceeded, message)
+    }
     /// An iterator past its lifetime.
     pub fn expired(message: impl Into<String>) -> Self {
         Self::new(ErrorCode::ExpiredIterator, message)

@@ -11,6 +11,7 @@ pub mod iterator;
 pub mod metadata;
 pub mod node;
 pub mod peers;
+pub mod quota;
 pub mod raft;
 pub mod raft_mux;
 pub mod reader;

@@ -66,6 +66,21 @@ struct ServeArgs {
     /// Maximum shards across all streams.
     #[arg(long, env = "TRIBUTARY_MAX_SHARDS")]
     max_shards: Option<u32>,
+    /// Enforce per-shard throughput quotas (Kinesis defaults unless set below).
+    #[arg(long, env = "TRIBUTARY_SHARD_QUOTAS")]
+    shard_quotas: bool,
+    /// Quota: record bytes a shard takes per second.
+    #[arg(long, env = "TRIBUTARY_SHARD_WRITE_BYTES_PER_SEC")]
+    shard_write_bytes_per_sec: Option<u64>,
+    /// Quota: records a shard takes per second.
+    #[arg(long, env = "TRIBUTARY_SHARD_WRITE_RECORDS_PER_SEC")]
+    shard_write_records_per_sec: Option<u64>,
+    /// Quota: bytes GetRecords returns per shard per second (per node).
+    #[arg(long, env = "TRIBUTARY_SHARD_READ_BYTES_PER_SEC")]
+    shard_read_bytes_per_sec: Option<u64>,
+    /// Quota: GetRecords calls per shard per second (per node).
+    #[arg(long, env = "TRIBUTARY_SHARD_READ_CALLS_PER_SEC")]
+    shard_read_calls_per_sec: Option<u64>,
     /// Maximum streams.
     #[arg(long, env = "TRIBUTARY_MAX_STREAMS")]
     max_streams: Option<u32>,
@@ -117,6 +132,21 @@ impl ServeArgs {
         }
         if let Some(v) = self.max_shards {
             config.max_shards = v;
+        }
+        if self.shard_quotas {
+            config.shard_quotas = true;
+        }
+        if let Some(v) = self.shard_write_bytes_per_sec {
+            config.shard_write_bytes_per_sec = v;
+        }
+        if let Some(v) = self.shard_write_records_per_sec {
+            config.shard_write_records_per_sec = v;
+        }
+        if let Some(v) = self.shard_read_bytes_per_sec {
+            config.shard_read_bytes_per_sec = v;
+        }
+        if let Some(v) = self.shard_read_calls_per_sec {
+            config.shard_read_calls_per_sec = v;
         }
         if let Some(v) = self.max_streams {
             config.max_streams = v;

@@ -55,6 +55,8 @@ pub struct ShardGroup {
     quiet_leader: std::sync::Mutex<Option<(u64, u64)>>,
     /// When this replica last received AppendEntries (a heartbeat or entries) from a leader.
     leader_contact: std::sync::Mutex<std::time::Instant>,
+    /// Throughput quotas, when the node enforces them.
+    pub quota: Option<crate::quota::ShardQuota>,
 }
 
 impl ShardGroup {
@@ -767,6 +769,14 @@ impl Node {
         if group.tip.borrow().sealed_index.is_some() {
             return Err(shard_closed(group.shard_index));
         }
+        if let Some(quota) = &group.quota {
+            let bytes: usize = batch
+                .records
+                .iter()
+                .map(|r| r.data.len() + r.partition_key.len())
+                .sum();
+            quota.admit_write(group.shard_index, batch.records.len() as u64, bytes as u64)?;
+        }
         match group.raft.client_write(Command::Append(batch)).await {
             Ok(response) => match response.data {
                 CommandResponse::Sealed { .. } => Err(shard_closed(group.shard_index)),
@@ -1138,6 +1148,10 @@ impl Node {
             activity: std::sync::Mutex::new((std::time::Instant::now(), None)),
             quiet_leader: std::sync::Mutex::new(None),
             leader_contact: std::sync::Mutex::new(std::time::Instant::now()),
+            quota: self
+                .config
+                .quota_limits()
+                .map(crate::quota::ShardQuota::new),
         });
         self.shards
             .write()

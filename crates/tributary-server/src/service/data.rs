@@ -455,6 +455,9 @@ impl DataService for DataApi {
             }
         }
         let group = self.shard_group(&stream, position.shard_index)?;
+        if let Some(quota) = &group.quota {
+            quota.admit_read(position.shard_index)?;
+        }
         self.node.catch_up_reads(&group).await?;
         let from = (position.log_index, position.slot);
         let horizon = self.horizon_ms(&stream);
@@ -473,6 +476,9 @@ impl DataService for DataApi {
             if matches!(committed, Ok(Ok(()))) {
                 page = reader::read(&group, page.next, limit as usize, max_bytes, horizon)?;
             }
+        }
+        if let Some(quota) = &group.quota {
+            quota.charge_read(page.records.iter().map(|r| r.data.len() as u64).sum());
         }
         // A closed shard read to its end: no next iterator; the children carry on. (Until
         // this node's metadata shows the shard closed, the reader just waits at the end.)
