@@ -289,3 +289,55 @@ async fn scaling_while_putting_keeps_every_keys_order_through_the_cli() {
     }
     assert!(shards.iter().any(|s| s["parent_shard_id"].is_string()));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enhanced_fan_out_through_the_cli() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = NodeProcess::start(&dir.path().join("node"), &[]).await;
+    ok(trib(
+        &node,
+        &["stream", "create", "fan", "--shards", "2"],
+        None,
+    ));
+    ok(trib(&node, &["consumer", "register", "fan", "app"], None));
+    let listed = json_lines(&ok(trib(
+        &node,
+        &["consumer", "list", "fan", "--output", "json"],
+        None,
+    )));
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0]["consumer_name"], "app");
+    assert_eq!(listed[0]["status"], "ACTIVE");
+    let input: String = (1..=100).map(|i| format!("k{},{i}\n", i % 7)).collect();
+    ok(trib(
+        &node,
+        &["put", "fan", "--key-separator", ","],
+        Some(&input),
+    ));
+    // Pushed through SubscribeToShard; --limit ends the follow.
+    let records = json_lines(&ok(trib(
+        &node,
+        &[
+            "get",
+            "fan",
+            "--consumer",
+            "app",
+            "--follow",
+            "--from",
+            "trim-horizon",
+            "--limit",
+            "100",
+            "--output",
+            "json",
+        ],
+        None,
+    )));
+    assert_eq!(records.len(), 100);
+    let no_follow = trib(&node, &["get", "fan", "--consumer", "app"], None);
+    assert!(!no_follow.status.success());
+    assert!(String::from_utf8_lossy(&no_follow.stderr).contains("--consumer needs --follow"));
+    ok(trib(&node, &["consumer", "deregister", "fan", "app"], None));
+    let gone = trib(&node, &["consumer", "describe", "fan", "app"], None);
+    assert!(!gone.status.success());
+    assert!(String::from_utf8_lossy(&gone.stderr).contains("ResourceNotFound"));
+}

@@ -898,3 +898,63 @@ async fn shard_quotas_refuse_excess_throughput_and_write_nothing_for_it() {
         "{status:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reshard_survives_the_metadata_leader_dying_mid_way() {
+    let mut cluster = Cluster::start(&[]).await;
+    let node = cluster.node(1).remote();
+    node.create_stream("demo", 2).await;
+    let leader = cluster.status(1).await.metadata_leader_id;
+    let survivor = (1..=3).find(|id| *id != leader).expect("another node");
+    let writer_node = cluster.node(survivor).remote();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writing = stop.clone();
+    let writer = tokio::spawn(async move {
+        let mut acked = Vec::new();
+        let mut batch = 0;
+        while batch < 10 || !writing.load(std::sync::atomic::Ordering::SeqCst) {
+            let records = (0..50)
+                .map(|i| (format!("key-{i}"), format!("{batch}-{i}")))
+                .collect();
+            acked.extend(put_keyed(&writer_node, "demo", records).await);
+            batch += 1;
+        }
+        acked
+    });
+    // Scale 2 -> 3 (a split step, then merges) and kill the metadata leader right away:
+    // the next leader carries the remaining steps out.
+    scale(&cluster.node(survivor).remote(), "demo", 3).await;
+    cluster.node_mut(leader).kill();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let summary = cluster
+            .node(survivor)
+            .streams()
+            .await
+            .describe_stream_summary(pb::DescribeStreamSummaryRequest {
+                stream_name: "demo".into(),
+            })
+            .await
+            .expect("summary")
+            .into_inner()
+            .summary
+            .expect("summary");
+        if summary.status == pb::StreamStatus::Active as i32 && summary.open_shard_count == 3 {
+            break;
+        }
+        if Instant::now() > deadline {
+            for id in (1..=3).filter(|id| *id != leader) {
+                eprintln!("---- node {id} ----\n{}", cluster.node(id).log());
+            }
+            panic!("the reshard did not finish without the old metadata leader: {summary:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    cluster.node_mut(leader).restart().await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let acked = writer.await.expect("writer");
+    for id in 1..=3 {
+        let read = read_in_lineage_order(&cluster.node(id).remote(), "demo").await;
+        assert_per_key_order(&read, &acked);
+    }
+}

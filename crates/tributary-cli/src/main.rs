@@ -15,6 +15,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use commands::cluster::ClusterCommand;
+use commands::consumer::ConsumerCommand;
 use commands::get::{GetArgs, UsageError};
 use commands::put::{acknowledged_line, PartialPut, PutArgs};
 use commands::shard::ShardCommand;
@@ -51,8 +52,12 @@ enum Command {
     Shard(ShardCommand),
     /// Write records: DATA, or one record per line of stdin.
     Put(PutArgs),
-    /// Read records up to the tip at the time of the call, or follow new ones.
+    /// Read records up to the tip at the time of the call, or follow new ones (by polling,
+    /// or through an enhanced fan-out consumer).
     Get(GetArgs),
+    /// Register, list, describe and deregister enhanced fan-out consumers.
+    #[command(subcommand)]
+    Consumer(ConsumerCommand),
     /// Inspect the cluster.
     #[command(subcommand)]
     Cluster(ClusterCommand),
@@ -70,6 +75,7 @@ async fn main() -> ExitCode {
         Command::Shard(command) => commands::shard::run(&context, command).await,
         Command::Put(args) => commands::put::run(&context, args).await,
         Command::Get(args) => commands::get::run(&context, args).await,
+        Command::Consumer(command) => commands::consumer::run(&context, command).await,
         Command::Cluster(command) => commands::cluster::run(&context, command).await,
     };
     match result {
@@ -289,6 +295,120 @@ mod tests {
         assert_eq!(keys, ["a", "b"]);
         usage_error(&["stream", "untag", "s"]);
         parse(&["stream", "tags", "s", "--output", "json"]).expect("valid");
+    }
+
+    #[test]
+    fn consumer_commands_parse() {
+        let cli = parse(&["consumer", "register", "orders", "audit"]).expect("valid");
+        let Command::Consumer(ConsumerCommand::Register {
+            stream,
+            name,
+            no_wait,
+        }) = cli.command
+        else {
+            panic!("parsed as consumer register");
+        };
+        assert_eq!(
+            (stream.as_str(), name.as_str(), no_wait),
+            ("orders", "audit", false)
+        );
+        let cli = parse(&["consumer", "register", "orders", "audit", "--no-wait"]).expect("valid");
+        assert!(matches!(
+            cli.command,
+            Command::Consumer(ConsumerCommand::Register { no_wait: true, .. })
+        ));
+        let cli = parse(&["consumer", "deregister", "orders", "audit"]).expect("valid");
+        let Command::Consumer(ConsumerCommand::Deregister { stream, name }) = cli.command else {
+            panic!("parsed as consumer deregister");
+        };
+        assert_eq!((stream.as_str(), name.as_str()), ("orders", "audit"));
+        let cli = parse(&[
+            "consumer", "describe", "orders", "audit", "--output", "json",
+        ])
+        .expect("valid");
+        assert_eq!(cli.output, OutputFormat::Json);
+        let Command::Consumer(ConsumerCommand::Describe { stream, name }) = cli.command else {
+            panic!("parsed as consumer describe");
+        };
+        assert_eq!((stream.as_str(), name.as_str()), ("orders", "audit"));
+        let cli = parse(&["consumer", "list", "orders"]).expect("valid");
+        let Command::Consumer(ConsumerCommand::List { stream }) = cli.command else {
+            panic!("parsed as consumer list");
+        };
+        assert_eq!(stream, "orders");
+    }
+
+    #[test]
+    fn consumer_commands_need_their_arguments() {
+        let cases: [&[&str]; 7] = [
+            &["consumer"],
+            &["consumer", "register", "orders"],
+            &["consumer", "deregister", "orders"],
+            &["consumer", "describe", "orders"],
+            &["consumer", "list"],
+            &["consumer", "list", "orders", "audit"],
+            &["consumer", "rename", "orders", "audit"],
+        ];
+        for args in cases {
+            usage_error(args);
+        }
+        assert!(usage_error(&["consumer", "register", "orders"]).contains("<NAME>"));
+    }
+
+    fn get_args(args: &[&str]) -> GetArgs {
+        let cli = parse(args).expect("valid command line");
+        let Command::Get(args) = cli.command else {
+            panic!("parsed as get");
+        };
+        args
+    }
+
+    #[test]
+    fn get_reads_through_a_consumer_only_when_following() {
+        let args = get_args(&["get", "orders", "--consumer", "audit", "--follow"]);
+        assert_eq!(args.consumer.as_deref(), Some("audit"));
+        assert!(args.follow);
+        args.check().expect("fan-out follow");
+        let args = get_args(&[
+            "get",
+            "orders",
+            "--consumer",
+            "audit",
+            "--follow",
+            "--shard",
+            "shardId-000000000001",
+            "--from",
+            "after:17",
+            "--limit",
+            "5",
+        ]);
+        args.check().expect("one shard, after a sequence number");
+        assert_eq!(args.limit, Some(5));
+
+        let error = get_args(&["get", "orders", "--consumer", "audit"])
+            .check()
+            .expect_err("fan-out has no tip to stop at");
+        assert!(
+            error.0.starts_with("--consumer needs --follow"),
+            "{}",
+            error.0
+        );
+        let error = get_args(&[
+            "get",
+            "orders",
+            "--consumer",
+            "a",
+            "--follow",
+            "--from",
+            "at:5",
+        ])
+        .check()
+        .expect_err("a sequence number needs a shard");
+        assert!(error.0.contains("add --shard ID"), "{}", error.0);
+        get_args(&["get", "orders"])
+            .check()
+            .expect("a polling read");
+        usage_error(&["get", "orders", "--consumer"]);
     }
 
     #[test]

@@ -11,7 +11,9 @@ use base64::Engine as _;
 use serde::Serialize;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
-use tributary_client::proto::v1::{NodeStatus, Record, Shard, StreamSummary};
+use tributary_client::proto::v1::{
+    Consumer, ConsumerStatus, NodeStatus, Record, Shard, StreamSummary,
+};
 
 use crate::duration::format_retention;
 
@@ -83,6 +85,35 @@ impl ShardView {
             parent_shard_id: shard.parent_shard_id.clone(),
             adjacent_parent_shard_id: shard.adjacent_parent_shard_id.clone(),
             leader_node_id: (shard.leader_node_id != 0).then_some(shard.leader_node_id),
+        }
+    }
+}
+
+/// An enhanced fan-out consumer as `consumer list` / `consumer describe` print it.
+#[derive(Debug, Serialize)]
+pub struct ConsumerView {
+    pub consumer_name: String,
+    pub consumer_id: String,
+    /// CREATING, ACTIVE or DELETING.
+    pub status: String,
+    pub created_at: Option<String>,
+    pub stream_name: String,
+}
+
+impl ConsumerView {
+    pub fn new(consumer: &Consumer) -> ConsumerView {
+        let status = match consumer.status() {
+            ConsumerStatus::ConsumerCreating => "CREATING",
+            ConsumerStatus::ConsumerActive => "ACTIVE",
+            ConsumerStatus::ConsumerDeleting => "DELETING",
+            ConsumerStatus::Unspecified => "UNSPECIFIED",
+        };
+        ConsumerView {
+            consumer_name: consumer.consumer_name.clone(),
+            consumer_id: consumer.consumer_id.clone(),
+            status: status.to_owned(),
+            created_at: consumer.created_at.as_ref().and_then(rfc3339),
+            stream_name: consumer.stream_name.clone(),
         }
     }
 }
@@ -311,6 +342,26 @@ pub fn shards_table(shards: &[ShardView]) -> Table {
     table
 }
 
+pub fn consumers_table(consumers: &[ConsumerView]) -> Table {
+    let mut table = Table::new(vec![
+        "CONSUMER",
+        "STATUS",
+        "CONSUMER_ID",
+        "STREAM",
+        "CREATED_AT",
+    ]);
+    for consumer in consumers {
+        table.push(vec![
+            consumer.consumer_name.clone(),
+            consumer.status.clone(),
+            consumer.consumer_id.clone(),
+            consumer.stream_name.clone(),
+            or_dash(consumer.created_at.as_ref()),
+        ]);
+    }
+    table
+}
+
 pub fn nodes_table(nodes: &[NodeView]) -> Table {
     let mut table = Table::new(vec![
         "NODE_ID",
@@ -442,6 +493,48 @@ mod tests {
         );
         summary.retention_seconds = 7 * 86_400;
         assert_eq!(json_of(&StreamView::new(&summary))["retention"], "7d");
+    }
+
+    #[test]
+    fn consumer_json_has_exactly_the_documented_fields() {
+        let mut consumer = Consumer {
+            consumer_name: "audit".into(),
+            consumer_id: "audit-1714564800".into(),
+            created_at: Some(prost_types::Timestamp {
+                seconds: 1_714_564_800,
+                nanos: 0,
+            }),
+            stream_name: "orders".into(),
+            ..Default::default()
+        };
+        consumer.set_status(ConsumerStatus::ConsumerActive);
+        assert_eq!(
+            json_of(&ConsumerView::new(&consumer)),
+            json!({
+                "consumer_name": "audit",
+                "consumer_id": "audit-1714564800",
+                "status": "ACTIVE",
+                "created_at": "2024-05-01T12:00:00Z",
+                "stream_name": "orders",
+            })
+        );
+        for (status, name) in [
+            (ConsumerStatus::ConsumerCreating, "CREATING"),
+            (ConsumerStatus::ConsumerDeleting, "DELETING"),
+        ] {
+            consumer.set_status(status);
+            assert_eq!(json_of(&ConsumerView::new(&consumer))["status"], name);
+        }
+        consumer.created_at = None;
+        assert_eq!(
+            json_of(&ConsumerView::new(&consumer))["created_at"],
+            Value::Null
+        );
+        assert_eq!(
+            consumers_table(&[ConsumerView::new(&consumer)]).render(),
+            "CONSUMER  STATUS    CONSUMER_ID       STREAM  CREATED_AT\n\
+             audit     DELETING  audit-1714564800  orders  -\n"
+        );
     }
 
     #[test]

@@ -41,7 +41,7 @@ fn a_failed_put_says_how_many_records_were_acknowledged() {
 
 #[test]
 fn usage_errors_exit_with_code_2() {
-    let cases: [&[&str]; 6] = [
+    let cases: [&[&str]; 8] = [
         &[
             "stream",
             "create",
@@ -56,6 +56,8 @@ fn usage_errors_exit_with_code_2() {
         &["get", "s", "--limit", "0"],
         &["get", "s", "--from", "at:5"],
         &["--output", "yaml", "stream", "list"],
+        &["get", "s", "--consumer", "c"],
+        &["consumer", "register", "s"],
     ];
     for args in cases {
         let output = trib(args);
@@ -70,6 +72,12 @@ fn usage_errors_exit_with_code_2() {
     let output = trib(&["get", "s", "--from", "at:5"]);
     assert!(
         stderr(&output).contains("add --shard ID"),
+        "{}",
+        stderr(&output)
+    );
+    let output = trib(&["get", "s", "--consumer", "c"]);
+    assert!(
+        stderr(&output).starts_with("error: --consumer needs --follow"),
         "{}",
         stderr(&output)
     );

@@ -9,13 +9,15 @@ use tributary_proto::v1::cluster_service_client::ClusterServiceClient;
 use tributary_proto::v1::data_service_client::DataServiceClient;
 use tributary_proto::v1::stream_service_client::StreamServiceClient;
 use tributary_proto::v1::{
-    AddTagsToStreamRequest, ClusterStatusRequest, ClusterStatusResponse, CreateStreamRequest,
-    DeleteStreamRequest, DescribeStreamRequest, DescribeStreamSummaryRequest, ErrorCode,
-    GetRecordsRequest, GetRecordsResponse, ListShardsRequest, ListStreamsRequest,
-    ListTagsForStreamRequest, MergeShardsRequest, PutRecordRequest, PutRecordResponse,
-    PutRecordsEntry, PutRecordsRequest, PutRecordsResponse, RemoveTagsFromStreamRequest,
-    ReplaceNodeRequest, Shard, SplitShardRequest, StreamDescription, StreamStatus, StreamSummary,
-    UpdateShardCountRequest, UpdateStreamRetentionRequest,
+    AddTagsToStreamRequest, ClusterStatusRequest, ClusterStatusResponse, Consumer, ConsumerStatus,
+    CreateStreamRequest, DeleteStreamRequest, DeregisterStreamConsumerRequest,
+    DescribeStreamConsumerRequest, DescribeStreamRequest, DescribeStreamSummaryRequest, ErrorCode,
+    GetRecordsRequest, GetRecordsResponse, ListShardsRequest, ListStreamConsumersRequest,
+    ListStreamsRequest, ListTagsForStreamRequest, MergeShardsRequest, PutRecordRequest,
+    PutRecordResponse, PutRecordsEntry, PutRecordsRequest, PutRecordsResponse,
+    RegisterStreamConsumerRequest, RemoveTagsFromStreamRequest, ReplaceNodeRequest, Shard,
+    SplitShardRequest, StreamDescription, StreamStatus, StreamSummary, SubscribeToShardEvent,
+    SubscribeToShardRequest, UpdateShardCountRequest, UpdateStreamRetentionRequest,
 };
 
 use crate::{Error, StartingPosition};
@@ -27,7 +29,7 @@ use crate::{Error, StartingPosition};
 /// corrupt length prefix before it turns into a huge allocation.
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 
-/// How often [`Client::wait_for_active`] polls the stream's status.
+/// How often [`Client::wait_for_active`] and [`Client::wait_for_consumer_active`] poll.
 const ACTIVE_POLL_INTERVAL: Duration = Duration::from_millis(200);
 
 /// Settings of a new stream beyond its name and shard count ([`Client::create_stream_with`]).
@@ -309,6 +311,155 @@ impl Client {
         };
         let response = self.data.clone().get_records(request).await?;
         Ok(response.into_inner())
+    }
+
+    /// Subscribes `consumer` (a registered enhanced fan-out consumer) to `shard_id` from
+    /// `position`: the server pushes records as they commit, and an event without records
+    /// about every 5 s while the shard is idle.
+    ///
+    /// A failed call is a typed [`Error`]; a failure on the returned stream is a
+    /// `tonic::Status` that [`Error::from`] types the same way. The stream ends (without an
+    /// error) after up to 5 minutes: subscribe again `AfterSequence` the last event's
+    /// `continuation_sequence_number`. The event that finishes a closed shard has no
+    /// continuation and names the shard's children. A second subscription of the same
+    /// consumer to the same shard takes over; this one then fails with ResourceInUse.
+    /// [`ShardSubscriber`](crate::ShardSubscriber) does all of that.
+    ///
+    /// The client's request timeout bounds only the wait for the subscription to start,
+    /// never the stream of events.
+    pub async fn subscribe_to_shard(
+        &self,
+        stream: &str,
+        consumer: &str,
+        shard_id: &str,
+        position: &StartingPosition,
+    ) -> Result<tonic::Streaming<SubscribeToShardEvent>, Error> {
+        let request = SubscribeToShardRequest {
+            stream_name: stream.to_owned(),
+            consumer_name: consumer.to_owned(),
+            shard_id: shard_id.to_owned(),
+            starting_position: Some(position.to_proto()),
+        };
+        let response = self.data.clone().subscribe_to_shard(request).await?;
+        Ok(response.into_inner())
+    }
+
+    /// Registers an enhanced fan-out consumer of the stream (at most 20 per stream). It
+    /// starts CREATING; see [`Client::wait_for_consumer_active`].
+    pub async fn register_stream_consumer(
+        &self,
+        stream: &str,
+        consumer: &str,
+    ) -> Result<Consumer, Error> {
+        let request = RegisterStreamConsumerRequest {
+            stream_name: stream.to_owned(),
+            consumer_name: consumer.to_owned(),
+        };
+        let response = self
+            .streams
+            .clone()
+            .register_stream_consumer(request)
+            .await?;
+        response.into_inner().consumer.ok_or_else(|| {
+            Error::UnexpectedResponse(format!(
+                "RegisterStreamConsumer of '{consumer}' on stream '{stream}' has no consumer"
+            ))
+        })
+    }
+
+    /// Starts deregistering a consumer; its subscriptions end.
+    pub async fn deregister_stream_consumer(
+        &self,
+        stream: &str,
+        consumer: &str,
+    ) -> Result<(), Error> {
+        let request = DeregisterStreamConsumerRequest {
+            stream_name: stream.to_owned(),
+            consumer_name: consumer.to_owned(),
+        };
+        self.streams
+            .clone()
+            .deregister_stream_consumer(request)
+            .await?;
+        Ok(())
+    }
+
+    /// One consumer of the stream.
+    pub async fn describe_stream_consumer(
+        &self,
+        stream: &str,
+        consumer: &str,
+    ) -> Result<Consumer, Error> {
+        let request = DescribeStreamConsumerRequest {
+            stream_name: stream.to_owned(),
+            consumer_name: consumer.to_owned(),
+        };
+        let response = self
+            .streams
+            .clone()
+            .describe_stream_consumer(request)
+            .await?;
+        response.into_inner().consumer.ok_or_else(|| {
+            Error::UnexpectedResponse(format!(
+                "DescribeStreamConsumer of '{consumer}' on stream '{stream}' has no consumer"
+            ))
+        })
+    }
+
+    /// Every consumer registered on the stream.
+    pub async fn list_stream_consumers(&self, stream: &str) -> Result<Vec<Consumer>, Error> {
+        let request = ListStreamConsumersRequest {
+            stream_name: stream.to_owned(),
+        };
+        let response = self.streams.clone().list_stream_consumers(request).await?;
+        Ok(response.into_inner().consumers)
+    }
+
+    /// Polls DescribeStreamConsumer until the consumer is ACTIVE (subscriptions are accepted)
+    /// and returns it.
+    ///
+    /// Retryable errors and ResourceNotFound (a node that has not applied the registration
+    /// yet) are waited out; a consumer being deleted is ResourceInUse at once; after
+    /// `timeout` the last status or error is reported as [`Error::Timeout`].
+    pub async fn wait_for_consumer_active(
+        &self,
+        stream: &str,
+        consumer: &str,
+        timeout: Duration,
+    ) -> Result<Consumer, Error> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let last = match self.describe_stream_consumer(stream, consumer).await {
+                Ok(described) => match described.status() {
+                    ConsumerStatus::ConsumerActive => return Ok(described),
+                    ConsumerStatus::ConsumerDeleting => {
+                        return Err(Error::api(
+                            ErrorCode::ResourceInUse,
+                            format!(
+                                "consumer '{consumer}' of stream '{stream}' is being \
+                                 deregistered"
+                            ),
+                        ))
+                    }
+                    other => format!("status {}", other.as_str_name()),
+                },
+                Err(error)
+                    if error.is_retryable()
+                        || error.code() == Some(ErrorCode::ResourceNotFound) =>
+                {
+                    error.to_string()
+                }
+                Err(error) => return Err(error),
+            };
+            if Instant::now() + ACTIVE_POLL_INTERVAL > deadline {
+                return Err(Error::Timeout(format!(
+                    "consumer '{consumer}' of stream '{stream}' is not ACTIVE after {:.1}s \
+                     (last: {last})",
+                    timeout.as_secs_f64()
+                )));
+            }
+            tokio::time::sleep(ACTIVE_POLL_INTERVAL).await;
+        }
     }
 
     /// The cluster's nodes and their roles.

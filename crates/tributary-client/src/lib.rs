@@ -7,6 +7,9 @@
 //!   [`ShardReader`]: reading shards up to their tip at the time of the call, or forever. A
 //!   whole-stream read drains parent shards before their children, so each partition key's
 //!   records come out in put order across splits and merges.
+//! - [`follow_with_consumer`], [`FanOutConsumer`] and [`ShardSubscriber`]: the same through
+//!   enhanced fan-out — a registered consumer's subscriptions, into which the server pushes
+//!   records — subscribing again after the last event whenever a subscription ends.
 //! - [`hash_key`] and [`shard_for_hash`]: which shard a partition key lands on.
 //!
 //! The wire types are re-exported as [`proto`].
@@ -16,6 +19,7 @@
 mod backoff;
 mod client;
 mod error;
+mod fan_out;
 mod lineage;
 mod position;
 mod producer;
@@ -28,6 +32,9 @@ pub use tributary_proto as proto;
 pub use backoff::RetryPolicy;
 pub use client::{Client, ClientOptions, CreateStreamOptions, PutRecordOptions, MAX_MESSAGE_BYTES};
 pub use error::{error_code_from_name, error_code_name, is_retryable_code, Error};
+pub use fan_out::{
+    follow_with_consumer, FanOutConsumer, FanOutOptions, ShardSubscriber, RESUBSCRIBE_INTERVAL,
+};
 pub use position::StartingPosition;
 pub use producer::{put_all, PutError, PutOptions, PutSummary, MAX_BATCH_BYTES, MAX_BATCH_RECORDS};
 pub use reader::{
@@ -36,7 +43,7 @@ pub use reader::{
 };
 pub use routing::{hash_key, shard_for_hash, shard_for_record};
 pub use tributary_proto::v1::{
-    ChildShard, ClusterStatusResponse, ErrorCode, GetRecordsResponse, NodeStatus,
-    PutRecordResponse, PutRecordsEntry, PutRecordsResponse, Record, Shard, ShardStatus,
-    StreamDescription, StreamStatus, StreamSummary,
+    ChildShard, ClusterStatusResponse, Consumer, ConsumerStatus, ErrorCode, GetRecordsResponse,
+    NodeStatus, PutRecordResponse, PutRecordsEntry, PutRecordsResponse, Record, Shard, ShardStatus,
+    StreamDescription, StreamStatus, StreamSummary, SubscribeToShardEvent,
 };

@@ -6,10 +6,24 @@
 //! over out of put order. So a shard is taken up only once each of its parents is drained —
 //! read to its end — or gone: absent from the listing, expired by retention together with its
 //! records. Shards with no such relation may be read in any order, or at the same time.
+//!
+//! [`Lineage`] is that rule alone, without I/O; [`StreamWalk`] drives it with the listings a
+//! read needs. Every whole-stream reader — until the tip, a polling follow, an enhanced
+//! fan-out follow — walks the stream through a `StreamWalk`, so all of them take up shards
+//! in the same order.
 
 use std::collections::HashMap;
+use std::ops::ControlFlow;
+use std::time::{Duration, Instant};
 
-use tributary_proto::v1::{ChildShard, Shard, ShardStatus};
+use tributary_proto::v1::{ChildShard, ErrorCode, Shard, ShardStatus};
+
+use crate::{Client, Error, StartingPosition};
+
+/// How often a whole-stream follow lists the shards again to pick up new (child) shards
+/// that no read has pointed it to (a reshard noticed at the end of a parent is picked up at
+/// once).
+pub(crate) const FOLLOW_SHARD_REFRESH: Duration = Duration::from_secs(5);
 
 /// Where a listed shard stands in a read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,6 +54,19 @@ pub(crate) struct ReadyShard {
     /// Whether the shard was in the listing the read began with. A shard that appeared later
     /// was created after the read began, so all of it is new.
     pub initial: bool,
+}
+
+impl ReadyShard {
+    /// Where a follow that began at `from` starts reading this shard. A shard found after the
+    /// follow began was created after that, so everything in it is new and it is read from
+    /// its start — except before a timestamp, which still applies.
+    pub fn start(&self, from: &StartingPosition) -> StartingPosition {
+        match from {
+            _ if self.initial => from.clone(),
+            StartingPosition::AtTimestamp(_) => from.clone(),
+            _ => StartingPosition::TrimHorizon,
+        }
+    }
 }
 
 /// Every shard a whole-stream read has seen, its parents, and how far it got.
@@ -171,6 +198,11 @@ impl Lineage {
             .all(|entry| matches!(entry.state, State::Drained | State::Gone))
     }
 
+    /// Whether a shard handed out by [`Lineage::take_ready`] is still being read.
+    pub fn is_reading(&self) -> bool {
+        self.entries.iter().any(|entry| entry.state == State::Taken)
+    }
+
     /// The shards still waiting; when none is being read and none is ready, their parents
     /// can never drain (the listing's lineage has a cycle).
     pub fn waiting(&self) -> Vec<&str> {
@@ -179,6 +211,112 @@ impl Lineage {
             .filter(|entry| entry.state == State::Waiting)
             .map(|entry| entry.shard.shard_id.as_str())
             .collect()
+    }
+}
+
+/// A whole-stream read's walk through the lineage, with the listings it takes: the one it
+/// starts from, the one that tells a shard expired by retention from a failed read, and a
+/// follow's later ones, which bring shards created after the read began.
+#[derive(Debug)]
+pub(crate) struct StreamWalk {
+    client: Client,
+    stream: String,
+    lineage: Lineage,
+    listed_at: Instant,
+}
+
+impl StreamWalk {
+    /// Starts from the stream's current listing.
+    pub async fn list(client: &Client, stream: &str) -> Result<StreamWalk, Error> {
+        let listing = client.list_shards(stream).await?;
+        Ok(StreamWalk::new(client, stream, listing))
+    }
+
+    /// Starts from `listing`, taken just now.
+    pub fn new(client: &Client, stream: &str, listing: Vec<Shard>) -> StreamWalk {
+        StreamWalk {
+            client: client.clone(),
+            stream: stream.to_owned(),
+            lineage: Lineage::new(listing),
+            listed_at: Instant::now(),
+        }
+    }
+
+    /// The shards to take up now: their parents are drained or gone. Each counts as being
+    /// read until [`StreamWalk::drained`] or [`StreamWalk::failed`].
+    ///
+    /// Fails when no shard is ready or being read but some wait: the listing's parent links
+    /// form a cycle, so those could never be read.
+    pub fn take_ready(&mut self) -> Result<Vec<ReadyShard>, Error> {
+        let ready = self.lineage.take_ready();
+        if ready.is_empty() && !self.lineage.is_reading() {
+            if let waiting @ [_, ..] = self.lineage.waiting().as_slice() {
+                return Err(Error::UnexpectedResponse(format!(
+                    "the shards of stream '{}' name each other as parents, so none of {} can \
+                     be read after its parents",
+                    self.stream,
+                    waiting.join(", ")
+                )));
+            }
+        }
+        Ok(ready)
+    }
+
+    /// `shard_id` was read to its end, where it named `children` (none for a shard read
+    /// until the tip). Returns whether a child is new to the walk: a follow then lists the
+    /// shards again at once, since a lagging node's end-of-shard may not name every child.
+    pub fn drained(&mut self, shard_id: &str, children: &[ChildShard]) -> bool {
+        self.lineage.drained(shard_id);
+        // Children are taken up at once, even before a listing shows them.
+        self.lineage.add_children(children) > 0
+    }
+
+    /// Reading `shard_id` failed with `error`. When the shard expired by retention meanwhile
+    /// (the error is ResourceNotFound and a fresh listing no longer has the shard) the walk
+    /// goes on without it; otherwise `error` — or that of the listing, when the stream itself
+    /// is gone — is returned.
+    pub async fn failed(&mut self, shard_id: &str, error: Error) -> Result<(), Error> {
+        if error.code() != Some(ErrorCode::ResourceNotFound) {
+            return Err(error);
+        }
+        let listing = self.client.list_shards(&self.stream).await?;
+        self.listed_at = Instant::now();
+        let gone = self.lineage.retire_if_unlisted(shard_id, &listing);
+        self.lineage.update(listing);
+        if !gone {
+            return Err(error);
+        }
+        tracing::debug!(stream = %self.stream, shard = %shard_id, "shard expired while being read");
+        Ok(())
+    }
+
+    /// For a follow: lists the shards again when `relist` asks for it, when every shard is
+    /// drained, or [`FOLLOW_SHARD_REFRESH`] after the last listing. Breaks once nothing can
+    /// bring new records: every shard is closed and drained, and no new shard appeared. A
+    /// retryable listing failure is logged and left to the next refresh.
+    pub async fn refresh(&mut self, relist: bool) -> Result<ControlFlow<()>, Error> {
+        if !relist && !self.lineage.is_done() && Instant::now() < self.next_refresh() {
+            return Ok(ControlFlow::Continue(()));
+        }
+        self.listed_at = Instant::now();
+        match self.client.list_shards(&self.stream).await {
+            Ok(listing) => {
+                let new = self.lineage.update(listing);
+                if new == 0 && self.lineage.is_done() {
+                    return Ok(ControlFlow::Break(()));
+                }
+            }
+            Err(error) if error.is_retryable() => {
+                tracing::warn!(stream = %self.stream, %error, "listing shards to follow failed; will retry");
+            }
+            Err(error) => return Err(error),
+        }
+        Ok(ControlFlow::Continue(()))
+    }
+
+    /// When [`StreamWalk::refresh`] lists the shards again at the latest.
+    pub fn next_refresh(&self) -> Instant {
+        self.listed_at + FOLLOW_SHARD_REFRESH
     }
 }
 
@@ -305,5 +443,51 @@ mod tests {
         assert!(lineage.take_ready().is_empty());
         assert_eq!(lineage.waiting(), ["a", "b"]);
         assert!(!lineage.is_done());
+        assert!(!lineage.is_reading());
+    }
+
+    #[test]
+    fn shards_are_being_read_from_taken_until_drained() {
+        let mut lineage = Lineage::new(vec![shard("0", &[]), shard("1", &["0"])]);
+        assert!(!lineage.is_reading());
+        assert_eq!(ids(&lineage.take_ready()), ["0"]);
+        assert!(lineage.is_reading());
+        lineage.drained("0");
+        assert!(!lineage.is_reading(), "1 waits to be taken, not read");
+    }
+
+    #[test]
+    fn shards_found_later_are_read_from_their_start() {
+        let at = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(5);
+        let cases = [
+            (true, StartingPosition::Latest, StartingPosition::Latest),
+            (
+                false,
+                StartingPosition::Latest,
+                StartingPosition::TrimHorizon,
+            ),
+            (
+                true,
+                StartingPosition::AfterSequence("7".into()),
+                StartingPosition::AfterSequence("7".into()),
+            ),
+            (
+                false,
+                StartingPosition::AtSequence("7".into()),
+                StartingPosition::TrimHorizon,
+            ),
+            (
+                false,
+                StartingPosition::AtTimestamp(at),
+                StartingPosition::AtTimestamp(at),
+            ),
+        ];
+        for (initial, from, expected) in cases {
+            let ready = ReadyShard {
+                shard: shard("0", &[]),
+                initial,
+            };
+            assert_eq!(ready.start(&from), expected, "{initial} {from}");
+        }
     }
 }

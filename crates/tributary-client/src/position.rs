@@ -6,7 +6,9 @@ use std::time::SystemTime;
 
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
-use tributary_proto::v1::{GetShardIteratorRequest, ShardIteratorType};
+use tributary_proto::v1::{
+    GetShardIteratorRequest, ShardIteratorType, StartingPosition as WirePosition,
+};
 
 use crate::Error;
 
@@ -29,30 +31,40 @@ pub enum StartingPosition {
 }
 
 impl StartingPosition {
-    /// The `GetShardIterator` request that opens this position in `shard_id` of `stream`.
-    pub fn to_request(&self, stream: &str, shard_id: &str) -> GetShardIteratorRequest {
-        let mut request = GetShardIteratorRequest {
-            stream_name: stream.to_owned(),
-            shard_id: shard_id.to_owned(),
-            ..Default::default()
-        };
+    /// The wire form, as a `SubscribeToShard` request carries it.
+    pub fn to_proto(&self) -> WirePosition {
+        let mut position = WirePosition::default();
         let kind = match self {
             StartingPosition::TrimHorizon => ShardIteratorType::TrimHorizon,
             StartingPosition::Latest => ShardIteratorType::Latest,
             StartingPosition::AtSequence(sequence) => {
-                request.starting_sequence_number = Some(sequence.clone());
+                position.sequence_number = Some(sequence.clone());
                 ShardIteratorType::AtSequenceNumber
             }
             StartingPosition::AfterSequence(sequence) => {
-                request.starting_sequence_number = Some(sequence.clone());
+                position.sequence_number = Some(sequence.clone());
                 ShardIteratorType::AfterSequenceNumber
             }
             StartingPosition::AtTimestamp(at) => {
-                request.timestamp = Some(prost_types::Timestamp::from(*at));
+                position.timestamp = Some(prost_types::Timestamp::from(*at));
                 ShardIteratorType::AtTimestamp
             }
         };
-        request.set_shard_iterator_type(kind);
+        position.set_type(kind);
+        position
+    }
+
+    /// The `GetShardIterator` request that opens this position in `shard_id` of `stream`.
+    pub fn to_request(&self, stream: &str, shard_id: &str) -> GetShardIteratorRequest {
+        let position = self.to_proto();
+        let mut request = GetShardIteratorRequest {
+            stream_name: stream.to_owned(),
+            shard_id: shard_id.to_owned(),
+            starting_sequence_number: position.sequence_number.clone(),
+            timestamp: position.timestamp,
+            ..Default::default()
+        };
+        request.set_shard_iterator_type(position.r#type());
         request
     }
 }
@@ -200,5 +212,37 @@ mod tests {
             ShardIteratorType::AtTimestamp
         );
         assert_eq!(request.timestamp.map(|t| t.seconds), Some(10));
+    }
+
+    #[test]
+    fn subscriptions_carry_the_same_position_as_iterators() {
+        let at = SystemTime::UNIX_EPOCH + Duration::from_secs(10);
+        let cases = [
+            (
+                StartingPosition::TrimHorizon,
+                ShardIteratorType::TrimHorizon,
+            ),
+            (StartingPosition::Latest, ShardIteratorType::Latest),
+            (
+                StartingPosition::AtSequence("7".into()),
+                ShardIteratorType::AtSequenceNumber,
+            ),
+            (
+                StartingPosition::AfterSequence("8".into()),
+                ShardIteratorType::AfterSequenceNumber,
+            ),
+            (
+                StartingPosition::AtTimestamp(at),
+                ShardIteratorType::AtTimestamp,
+            ),
+        ];
+        for (position, kind) in cases {
+            let wire = position.to_proto();
+            let request = position.to_request("s", "shardId-1");
+            assert_eq!(wire.r#type(), kind, "{position}");
+            assert_eq!(request.shard_iterator_type(), kind, "{position}");
+            assert_eq!(wire.sequence_number, request.starting_sequence_number);
+            assert_eq!(wire.timestamp, request.timestamp);
+        }
     }
 }

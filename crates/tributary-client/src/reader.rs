@@ -18,12 +18,12 @@
 //! retried with backoff, and an expired iterator is reopened after the last record returned.
 
 use std::ops::ControlFlow;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tributary_proto::v1::{ChildShard, ErrorCode, Record, Shard, ShardStatus};
 
 use crate::backoff::{Backoff, RetryPolicy};
-use crate::lineage::Lineage;
+use crate::lineage::StreamWalk;
 use crate::{Client, Error, StartingPosition};
 
 /// Most records one GetRecords call returns.
@@ -32,11 +32,6 @@ pub const MAX_RECORDS_PER_CALL: u32 = 10_000;
 /// How long a follow waits after a round of polls that returned nothing. Short enough that a
 /// follower sees new records promptly, long enough not to hammer idle shards.
 pub const FOLLOW_POLL_INTERVAL: Duration = Duration::from_millis(200);
-
-/// How often a whole-stream follow lists the shards again to pick up new (child) shards
-/// that no read has pointed it to (a reshard noticed by the end of a parent is picked up at
-/// once).
-const FOLLOW_SHARD_REFRESH: Duration = Duration::from_secs(5);
 
 /// When a [`ShardReader`] is finished.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -314,10 +309,11 @@ fn page_limit(remaining: Option<usize>) -> u32 {
     }
 }
 
-/// Hands records to the caller's callback and keeps count against the limit.
-struct Delivery<F> {
+/// Hands records to the caller's callback and keeps count against the limit (shared with
+/// the enhanced fan-out reader, so `limit` and a breaking callback mean the same there).
+pub(crate) struct Delivery<F> {
     limit: Option<usize>,
-    delivered: usize,
+    pub(crate) delivered: usize,
     on_record: F,
 }
 
@@ -325,7 +321,7 @@ impl<F> Delivery<F>
 where
     F: FnMut(&str, Record) -> ControlFlow<()>,
 {
-    fn new(limit: Option<usize>, on_record: F) -> Self {
+    pub(crate) fn new(limit: Option<usize>, on_record: F) -> Self {
         Delivery {
             limit,
             delivered: 0,
@@ -338,12 +334,12 @@ where
         page_limit(self.limit.map(|limit| limit.saturating_sub(self.delivered)))
     }
 
-    fn is_full(&self) -> bool {
+    pub(crate) fn is_full(&self) -> bool {
         self.limit.is_some_and(|limit| self.delivered >= limit)
     }
 
     /// Hands `records` over; breaks once the limit is reached or the callback breaks.
-    fn hand_over(&mut self, shard_id: &str, records: Vec<Record>) -> ControlFlow<()> {
+    pub(crate) fn hand_over(&mut self, shard_id: &str, records: Vec<Record>) -> ControlFlow<()> {
         for record in records {
             if self.is_full() {
                 return ControlFlow::Break(());
@@ -422,14 +418,11 @@ where
         let _ = read_to_end(&mut reader, &mut delivery).await?;
         return Ok(delivery.delivered);
     }
-    let mut lineage = Lineage::new(listing);
+    let mut walk = StreamWalk::new(client, stream, listing);
     loop {
-        let ready = lineage.take_ready();
+        let ready = walk.take_ready()?;
         if ready.is_empty() {
-            return match lineage.waiting().as_slice() {
-                [] => Ok(delivery.delivered),
-                waiting => Err(lineage_cycle(stream, waiting)),
-            };
+            return Ok(delivery.delivered);
         }
         for ready in ready {
             let shard_id = ready.shard.shard_id.clone();
@@ -442,11 +435,10 @@ where
             );
             match read_to_end(&mut reader, &mut delivery).await {
                 Ok(ControlFlow::Break(())) => return Ok(delivery.delivered),
-                Ok(ControlFlow::Continue(())) => lineage.drained(&shard_id),
-                Err(error) if expired(client, stream, &mut lineage, &shard_id, &error).await? => {
-                    tracing::debug!(stream, shard = %shard_id, "shard expired while being read");
+                Ok(ControlFlow::Continue(())) => {
+                    walk.drained(&shard_id, &[]);
                 }
-                Err(error) => return Err(error),
+                Err(error) => walk.failed(&shard_id, error).await?,
             }
         }
     }
@@ -470,43 +462,6 @@ where
         }
     }
     Ok(ControlFlow::Continue(()))
-}
-
-/// Whether `error`, met reading `shard_id`, means the shard expired (by retention) meanwhile:
-/// it is ResourceNotFound and a fresh listing no longer has the shard (which `lineage` then
-/// counts as gone). A failed listing (the stream itself is gone, say) is returned as the error.
-async fn expired(
-    client: &Client,
-    stream: &str,
-    lineage: &mut Lineage,
-    shard_id: &str,
-    error: &Error,
-) -> Result<bool, Error> {
-    if error.code() != Some(ErrorCode::ResourceNotFound) {
-        return Ok(false);
-    }
-    let listing = client.list_shards(stream).await?;
-    let gone = lineage.retire_if_unlisted(shard_id, &listing);
-    lineage.update(listing);
-    Ok(gone)
-}
-
-fn lineage_cycle(stream: &str, waiting: &[&str]) -> Error {
-    Error::UnexpectedResponse(format!(
-        "the shards of stream '{stream}' name each other as parents, so none of {} can be \
-         read after its parents",
-        waiting.join(", ")
-    ))
-}
-
-/// Where to start a shard that a whole-stream read found after it began: the shard was
-/// created after that, so everything in it is new — except before a timestamp, which still
-/// applies.
-fn start_of_new_shard(from: &StartingPosition) -> StartingPosition {
-    match from {
-        StartingPosition::AtTimestamp(_) => from.clone(),
-        _ => StartingPosition::TrimHorizon,
-    }
 }
 
 /// Follows `shard_id` (or, with `None`, the whole stream) from `from`, handing each record
@@ -535,7 +490,8 @@ where
     let listing = client.list_shards(stream).await?;
     let mut delivery = Delivery::new(limit, on_record);
     let Some(shard_id) = shard_id else {
-        follow_stream(client, stream, Lineage::new(listing), from, &mut delivery).await?;
+        let walk = StreamWalk::new(client, stream, listing);
+        follow_stream(client, stream, walk, from, &mut delivery).await?;
         return Ok(delivery.delivered);
     };
     let shard = find_shard(&listing, stream, shard_id)?;
@@ -556,7 +512,7 @@ where
 async fn follow_stream<F>(
     client: &Client,
     stream: &str,
-    mut lineage: Lineage,
+    mut walk: StreamWalk,
     from: &StartingPosition,
     delivery: &mut Delivery<F>,
 ) -> Result<(), Error>
@@ -564,26 +520,15 @@ where
     F: FnMut(&str, Record) -> ControlFlow<()>,
 {
     let mut readers: Vec<ShardReader> = Vec::new();
-    let mut listed_at = Instant::now();
     loop {
-        for ready in lineage.take_ready() {
-            let position = if ready.initial {
-                from.clone()
-            } else {
-                start_of_new_shard(from)
-            };
+        for ready in walk.take_ready()? {
             readers.push(ShardReader::new(
                 client,
                 stream,
                 &ready.shard,
-                position,
+                ready.start(from),
                 ReadMode::Follow,
             ));
-        }
-        if readers.is_empty() {
-            if let waiting @ [_, ..] = lineage.waiting().as_slice() {
-                return Err(lineage_cycle(stream, waiting));
-            }
         }
         let mut received = false;
         let mut relist = false;
@@ -601,39 +546,23 @@ where
                         return Ok(());
                     }
                 }
-                Err(error) if expired(client, stream, &mut lineage, &shard_id, &error).await? => {
-                    tracing::debug!(stream, shard = %shard_id, "shard expired while followed");
+                Err(error) => {
+                    walk.failed(&shard_id, error).await?;
                     readers.remove(index);
                     continue;
                 }
-                Err(error) => return Err(error),
             }
             let reader = &readers[index];
             if reader.is_finished() {
-                lineage.drained(&shard_id);
-                // Children new to the read are taken up at once, even before a listing
-                // shows them; the listing below then fills in the rest.
-                relist |= lineage.add_children(reader.child_shards()) > 0;
+                relist |= walk.drained(&shard_id, reader.child_shards());
                 readers.remove(index);
             } else {
                 index += 1;
             }
         }
-        if relist || lineage.is_done() || listed_at.elapsed() >= FOLLOW_SHARD_REFRESH {
-            listed_at = Instant::now();
-            match client.list_shards(stream).await {
-                Ok(listing) => {
-                    let new = lineage.update(listing);
-                    if new == 0 && lineage.is_done() {
-                        // Every shard is closed and read to its end: nothing can come.
-                        return Ok(());
-                    }
-                }
-                Err(error) if error.is_retryable() => {
-                    tracing::warn!(stream, %error, "listing shards to follow failed; will retry");
-                }
-                Err(error) => return Err(error),
-            }
+        if walk.refresh(relist).await?.is_break() {
+            // Every shard is closed and read to its end: nothing can come.
+            return Ok(());
         }
         // New children are read at once; otherwise an idle round waits before the next.
         if !received && !relist {

@@ -2,14 +2,17 @@
 //!
 //! A fake, not the real server, because these tests need faults on demand: a PutRecords call
 //! that fails whole, one shard's entries failing while the other's succeed, an iterator that
-//! expires mid-read, a ListShards tip that lags the log. End-to-end behaviour against real
-//! nodes lives in the workspace `tests` crate.
+//! expires mid-read, a ListShards tip that lags the log, a fan-out subscription that ends
+//! after a few events or fails in the middle. End-to-end behaviour against real nodes lives
+//! in the workspace `tests` crate.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ops::ControlFlow;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::metadata::MetadataValue;
 use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status};
@@ -17,21 +20,26 @@ use tributary_client::proto::v1::data_service_server::{DataService, DataServiceS
 use tributary_client::proto::v1::stream_service_server::{StreamService, StreamServiceServer};
 use tributary_client::proto::v1::{
     AddTagsToStreamRequest, AddTagsToStreamResponse, ChildShard, CreateStreamRequest,
-    CreateStreamResponse, DeleteStreamRequest, DeleteStreamResponse, DescribeStreamRequest,
+    CreateStreamResponse, DeleteStreamRequest, DeleteStreamResponse,
+    DeregisterStreamConsumerRequest, DeregisterStreamConsumerResponse,
+    DescribeStreamConsumerRequest, DescribeStreamConsumerResponse, DescribeStreamRequest,
     DescribeStreamResponse, DescribeStreamSummaryRequest, DescribeStreamSummaryResponse,
     GetRecordsRequest, GetShardIteratorRequest, GetShardIteratorResponse, ListShardsRequest,
-    ListShardsResponse, ListStreamsRequest, ListStreamsResponse, ListTagsForStreamRequest,
-    ListTagsForStreamResponse, MergeShardsRequest, MergeShardsResponse, PutRecordRequest,
-    PutRecordsRequest, PutRecordsResultEntry, RemoveTagsFromStreamRequest,
-    RemoveTagsFromStreamResponse, ShardIteratorType, SplitShardRequest, SplitShardResponse,
-    UpdateShardCountRequest, UpdateShardCountResponse, UpdateStreamRetentionRequest,
-    UpdateStreamRetentionResponse,
+    ListShardsResponse, ListStreamConsumersRequest, ListStreamConsumersResponse,
+    ListStreamsRequest, ListStreamsResponse, ListTagsForStreamRequest, ListTagsForStreamResponse,
+    MergeShardsRequest, MergeShardsResponse, PutRecordRequest, PutRecordsRequest,
+    PutRecordsResultEntry, RegisterStreamConsumerRequest, RegisterStreamConsumerResponse,
+    RemoveTagsFromStreamRequest, RemoveTagsFromStreamResponse, ShardIteratorType,
+    SplitShardRequest, SplitShardResponse, StartingPosition as WirePosition,
+    SubscribeToShardRequest, UpdateShardCountRequest, UpdateShardCountResponse,
+    UpdateStreamRetentionRequest, UpdateStreamRetentionResponse,
 };
 use tributary_client::{
     error_code_name, follow, put_all, read_shard_until_tip, read_stream_until_tip,
-    shard_for_record, Client, ErrorCode, GetRecordsResponse, PutOptions, PutRecordResponse,
-    PutRecordsResponse, Record, RetryPolicy, Shard, ShardStatus, StartingPosition,
-    StreamDescription, StreamStatus, StreamSummary,
+    shard_for_record, Client, Consumer, ConsumerStatus, ErrorCode, FanOutConsumer, FanOutOptions,
+    GetRecordsResponse, PutOptions, PutRecordResponse, PutRecordsResponse, Record, RetryPolicy,
+    Shard, ShardStatus, StartingPosition, StreamDescription, StreamStatus, StreamSummary,
+    SubscribeToShardEvent,
 };
 
 const STREAM: &str = "orders";
@@ -67,6 +75,21 @@ struct FakeState {
     unlisted: HashSet<String>,
     tags: BTreeMap<String, String>,
     retention_seconds: u64,
+    /// Registered fan-out consumers by name.
+    consumers: BTreeMap<String, Consumer>,
+    registrations: u64,
+    /// A registered consumer stays CREATING through this many Describe/Subscribe calls.
+    consumer_activation_calls: usize,
+    /// The newest subscription of each (consumer, shard id): an older one is taken over.
+    subscription_generation: HashMap<(String, String), u64>,
+    /// Every SubscribeToShard call: when, which shard, from where.
+    subscribe_calls: Vec<(Instant, String, WirePosition)>,
+    /// A subscription ends (OK) after this many events, like the server's 5-minute limit.
+    events_per_subscription: Option<usize>,
+    /// Subscriptions to fail with these codes after their first event, one per subscription.
+    subscription_faults: Vec<ErrorCode>,
+    /// An idle subscription sends an event without records this often.
+    heartbeat: Duration,
 }
 
 impl FakeState {
@@ -75,6 +98,64 @@ impl FakeState {
             .iter()
             .position(|s| s.meta.shard_id == shard_id)
             .ok_or_else(|| api_status(ErrorCode::ResourceNotFound, "no such shard"))
+    }
+
+    /// Where a read from `kind` (and `given`, for the sequence-number kinds) starts in the log.
+    fn offset(&self, index: usize, kind: ShardIteratorType, given: Option<&str>) -> usize {
+        let log = &self.shards[index].log;
+        let given = given.and_then(|s| s.parse::<u128>().ok());
+        let seq_of = |r: &Record| r.sequence_number.parse::<u128>().unwrap_or(0);
+        match (kind, given) {
+            (ShardIteratorType::Latest, _) => log.len(),
+            (ShardIteratorType::AtSequenceNumber, Some(given)) => {
+                log.iter().take_while(|r| seq_of(r) < given).count()
+            }
+            (ShardIteratorType::AfterSequenceNumber, Some(given)) => {
+                log.iter().take_while(|r| seq_of(r) <= given).count()
+            }
+            _ => 0,
+        }
+    }
+
+    /// The shards that continue `index`'s hash keys.
+    fn children(&self, index: usize) -> Vec<ChildShard> {
+        let parent_id = &self.shards[index].meta.shard_id;
+        self.shards
+            .iter()
+            .filter(|child| {
+                child.meta.parent_shard_id.as_ref() == Some(parent_id)
+                    || child.meta.adjacent_parent_shard_id.as_ref() == Some(parent_id)
+            })
+            .map(|child| ChildShard {
+                shard_id: child.meta.shard_id.clone(),
+                parent_shards: [
+                    &child.meta.parent_shard_id,
+                    &child.meta.adjacent_parent_shard_id,
+                ]
+                .into_iter()
+                .flatten()
+                .cloned()
+                .collect(),
+                starting_hash_key: child.meta.starting_hash_key.clone(),
+                ending_hash_key: child.meta.ending_hash_key.clone(),
+            })
+            .collect()
+    }
+
+    /// The consumer, after one more call towards its activation.
+    fn consumer(&mut self, name: &str) -> Result<Consumer, Status> {
+        let activate = self.consumer_activation_calls == 0;
+        self.consumer_activation_calls = self.consumer_activation_calls.saturating_sub(1);
+        let consumer = self.consumers.get_mut(name).ok_or_else(|| {
+            api_status(
+                ErrorCode::ResourceNotFound,
+                format!("consumer '{name}' not found"),
+            )
+        })?;
+        if activate && consumer.status() == ConsumerStatus::ConsumerCreating {
+            consumer.set_status(ConsumerStatus::ConsumerActive);
+        }
+        Ok(consumer.clone())
     }
 
     fn range(&self, index: usize) -> (u128, u128) {
@@ -192,6 +273,7 @@ impl FakeTributary {
             state: Arc::new(Mutex::new(FakeState {
                 shards,
                 max_page: 10_000,
+                heartbeat: Duration::from_millis(50),
                 ..Default::default()
             })),
         }
@@ -422,6 +504,73 @@ impl StreamService for FakeTributary {
         let tags = self.state().tags.clone().into_iter().collect();
         Ok(Response::new(ListTagsForStreamResponse { tags }))
     }
+
+    async fn register_stream_consumer(
+        &self,
+        request: Request<RegisterStreamConsumerRequest>,
+    ) -> Result<Response<RegisterStreamConsumerResponse>, Status> {
+        let request = request.into_inner();
+        check_stream(&request.stream_name)?;
+        let mut state = self.state();
+        let name = request.consumer_name;
+        if state.consumers.contains_key(&name) {
+            return Err(api_status(
+                ErrorCode::ResourceInUse,
+                format!("consumer '{name}' is already registered"),
+            ));
+        }
+        state.registrations += 1;
+        let mut consumer = Consumer {
+            consumer_name: name.clone(),
+            consumer_id: format!("{name}:{}", state.registrations),
+            created_at: Some(prost_types::Timestamp {
+                seconds: 1_714_564_800,
+                nanos: 0,
+            }),
+            stream_name: request.stream_name,
+            ..Default::default()
+        };
+        consumer.set_status(ConsumerStatus::ConsumerCreating);
+        state.consumers.insert(name, consumer.clone());
+        Ok(Response::new(RegisterStreamConsumerResponse {
+            consumer: Some(consumer),
+        }))
+    }
+
+    async fn deregister_stream_consumer(
+        &self,
+        request: Request<DeregisterStreamConsumerRequest>,
+    ) -> Result<Response<DeregisterStreamConsumerResponse>, Status> {
+        let request = request.into_inner();
+        check_stream(&request.stream_name)?;
+        // Its subscriptions notice and end.
+        self.state()
+            .consumers
+            .remove(&request.consumer_name)
+            .ok_or_else(|| api_status(ErrorCode::ResourceNotFound, "no such consumer"))?;
+        Ok(Response::new(DeregisterStreamConsumerResponse {}))
+    }
+
+    async fn describe_stream_consumer(
+        &self,
+        request: Request<DescribeStreamConsumerRequest>,
+    ) -> Result<Response<DescribeStreamConsumerResponse>, Status> {
+        let request = request.into_inner();
+        check_stream(&request.stream_name)?;
+        let consumer = self.state().consumer(&request.consumer_name)?;
+        Ok(Response::new(DescribeStreamConsumerResponse {
+            consumer: Some(consumer),
+        }))
+    }
+
+    async fn list_stream_consumers(
+        &self,
+        request: Request<ListStreamConsumersRequest>,
+    ) -> Result<Response<ListStreamConsumersResponse>, Status> {
+        check_stream(&request.get_ref().stream_name)?;
+        let consumers = self.state().consumers.values().cloned().collect();
+        Ok(Response::new(ListStreamConsumersResponse { consumers }))
+    }
 }
 
 #[tonic::async_trait]
@@ -506,22 +655,11 @@ impl DataService for FakeTributary {
         else {
             return Err(api_status(ErrorCode::ResourceNotFound, "no such shard"));
         };
-        let log = &state.shards[index].log;
-        let given = request
-            .starting_sequence_number
-            .as_deref()
-            .and_then(|s| s.parse::<u128>().ok());
-        let seq_of = |r: &Record| r.sequence_number.parse::<u128>().unwrap_or(0);
-        let offset = match (request.shard_iterator_type(), given) {
-            (ShardIteratorType::Latest, _) => log.len(),
-            (ShardIteratorType::AtSequenceNumber, Some(given)) => {
-                log.iter().take_while(|r| seq_of(r) < given).count()
-            }
-            (ShardIteratorType::AfterSequenceNumber, Some(given)) => {
-                log.iter().take_while(|r| seq_of(r) <= given).count()
-            }
-            _ => 0,
-        };
+        let offset = state.offset(
+            index,
+            request.shard_iterator_type(),
+            request.starting_sequence_number.as_deref(),
+        );
         Ok(Response::new(GetShardIteratorResponse {
             shard_iterator: format!("{index}:{offset}"),
         }))
@@ -552,29 +690,8 @@ impl DataService for FakeTributary {
         let end = (offset + limit).min(shard.log.len());
         let closed = shard.meta.status() == ShardStatus::Closed;
         let at_end = closed && end == shard.log.len();
-        let parent_id = &shard.meta.shard_id;
         let child_shards = if at_end {
-            state
-                .shards
-                .iter()
-                .filter(|child| {
-                    child.meta.parent_shard_id.as_ref() == Some(parent_id)
-                        || child.meta.adjacent_parent_shard_id.as_ref() == Some(parent_id)
-                })
-                .map(|child| ChildShard {
-                    shard_id: child.meta.shard_id.clone(),
-                    parent_shards: [
-                        &child.meta.parent_shard_id,
-                        &child.meta.adjacent_parent_shard_id,
-                    ]
-                    .into_iter()
-                    .flatten()
-                    .cloned()
-                    .collect(),
-                    starting_hash_key: child.meta.starting_hash_key.clone(),
-                    ending_hash_key: child.meta.ending_hash_key.clone(),
-                })
-                .collect()
+            state.children(index)
         } else {
             Vec::new()
         };
@@ -585,6 +702,168 @@ impl DataService for FakeTributary {
             child_shards,
         };
         Ok(Response::new(response))
+    }
+
+    type SubscribeToShardStream = ReceiverStream<Result<SubscribeToShardEvent, Status>>;
+
+    async fn subscribe_to_shard(
+        &self,
+        request: Request<SubscribeToShardRequest>,
+    ) -> Result<Response<Self::SubscribeToShardStream>, Status> {
+        let request = request.into_inner();
+        check_stream(&request.stream_name)?;
+        let position = request.starting_position.unwrap_or_default();
+        let subscription = {
+            let mut state = self.state();
+            state.subscribe_calls.push((
+                Instant::now(),
+                request.shard_id.clone(),
+                position.clone(),
+            ));
+            let consumer = state.consumer(&request.consumer_name)?;
+            if consumer.status() != ConsumerStatus::ConsumerActive {
+                return Err(api_status(
+                    ErrorCode::ResourceInUse,
+                    format!("consumer '{}' is not ACTIVE yet", request.consumer_name),
+                ));
+            }
+            let index = state.index_of(&request.shard_id)?;
+            let offset = state.offset(
+                index,
+                position.r#type(),
+                position.sequence_number.as_deref(),
+            );
+            let key = (request.consumer_name, request.shard_id);
+            let generation = state
+                .subscription_generation
+                .entry(key.clone())
+                .or_default();
+            *generation += 1;
+            Subscription {
+                fake: self.clone(),
+                index,
+                offset,
+                generation: *generation,
+                key,
+            }
+        };
+        // Room for two events, then the subscription waits for the reader (back-pressure).
+        let (sender, receiver) = mpsc::channel(2);
+        tokio::spawn(subscription.push(sender));
+        Ok(Response::new(ReceiverStream::new(receiver)))
+    }
+}
+
+/// One open SubscribeToShard stream of the fake.
+struct Subscription {
+    fake: FakeTributary,
+    index: usize,
+    /// The next record to push.
+    offset: usize,
+    generation: u64,
+    /// (consumer, shard id)
+    key: (String, String),
+}
+
+enum Step {
+    Push {
+        event: SubscribeToShardEvent,
+        end: usize,
+        at_end: bool,
+    },
+    Fail(Status),
+    Idle,
+}
+
+impl Subscription {
+    /// Pushes events like the server: committed records as they arrive (a page at a time),
+    /// an empty event when idle, the children at the end of a closed shard; ends OK after
+    /// `events_per_subscription`, fails when taken over or deregistered.
+    async fn push(mut self, sender: mpsc::Sender<Result<SubscribeToShardEvent, Status>>) {
+        let mut pushed = 0;
+        let mut last_pushed = Instant::now();
+        loop {
+            let step = self.step(last_pushed);
+            let (event, end, at_end) = match step {
+                Step::Idle => {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    continue;
+                }
+                Step::Fail(status) => {
+                    // The reader may be gone already.
+                    let _ = sender.send(Err(status)).await;
+                    return;
+                }
+                Step::Push { event, end, at_end } => (event, end, at_end),
+            };
+            if sender.send(Ok(event)).await.is_err() {
+                return;
+            }
+            self.offset = end;
+            pushed += 1;
+            last_pushed = Instant::now();
+            if at_end {
+                return;
+            }
+            let fault = {
+                let mut state = self.fake.state();
+                if state
+                    .events_per_subscription
+                    .is_some_and(|most| pushed >= most)
+                {
+                    return;
+                }
+                (pushed == 1 && !state.subscription_faults.is_empty())
+                    .then(|| state.subscription_faults.remove(0))
+            };
+            if let Some(code) = fault {
+                let status = api_status(code, "injected failure of a running subscription");
+                let _ = sender.send(Err(status)).await;
+                return;
+            }
+        }
+    }
+
+    fn step(&self, last_pushed: Instant) -> Step {
+        let state = self.fake.state();
+        if state.subscription_generation.get(&self.key) != Some(&self.generation) {
+            return Step::Fail(api_status(
+                ErrorCode::ResourceInUse,
+                "another subscription of this consumer to this shard took over",
+            ));
+        }
+        if !state.consumers.contains_key(&self.key.0) {
+            return Step::Fail(api_status(
+                ErrorCode::ResourceNotFound,
+                "the consumer was deregistered",
+            ));
+        }
+        let log = &state.shards[self.index].log;
+        let end = (self.offset + state.max_page).min(log.len());
+        let closed = state.shards[self.index].meta.status() == ShardStatus::Closed;
+        let at_end = closed && end == log.len();
+        if end == self.offset && !at_end && last_pushed.elapsed() < state.heartbeat {
+            return Step::Idle;
+        }
+        // After the last record pushed, or before the shard's first one.
+        let continuation = match end.checked_sub(1) {
+            Some(last) => log[last].sequence_number.clone(),
+            None => (sequence(self.index, 0) - 1).to_string(),
+        };
+        Step::Push {
+            event: SubscribeToShardEvent {
+                records: log[self.offset..end].to_vec(),
+                continuation_sequence_number: (!at_end).then_some(continuation),
+                millis_behind_latest: if end < log.len() { 1000 } else { 0 },
+                child_shards: if at_end {
+                    state.children(self.index)
+                } else {
+                    Vec::new()
+                },
+            },
+            end,
+            at_end,
+        }
     }
 }
 
@@ -1175,4 +1454,327 @@ async fn control_plane_calls_reach_the_server() {
         matches!(error, tributary_client::Error::InvalidInput(_)),
         "{error}"
     );
+}
+
+const CONSUMER: &str = "audit";
+
+/// Short pacing so re-subscriptions do not slow the tests down.
+fn fast_fan_out() -> FanOutOptions {
+    FanOutOptions {
+        resubscribe_interval: Duration::from_millis(50),
+        retry: RetryPolicy {
+            max_attempts: 5,
+            max_elapsed: Duration::from_secs(10),
+            initial_backoff: Duration::from_millis(1),
+            max_backoff: Duration::from_millis(5),
+        },
+    }
+}
+
+/// `(shard id, position type, sequence number)` of every SubscribeToShard call so far.
+fn subscribe_calls(fake: &FakeTributary) -> Vec<(String, ShardIteratorType, Option<String>)> {
+    fake.state()
+        .subscribe_calls
+        .iter()
+        .map(|(_, shard, position)| {
+            (
+                shard.clone(),
+                position.r#type(),
+                position.sequence_number.clone(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn fan_out_resubscribes_after_the_continuation_without_gaps_or_duplicates() {
+    let fake = FakeTributary::new(1);
+    {
+        let mut state = fake.state();
+        state.max_page = 4;
+        // Every subscription ends after two events; the first one fails after one instead.
+        state.events_per_subscription = Some(2);
+        state.subscription_faults = vec![ErrorCode::InternalFailure];
+    }
+    let client = fake.start().await;
+    put_all(&client, STREAM, keyed_records(22, 3), &fast_options())
+        .await
+        .expect("write");
+    client
+        .register_stream_consumer(STREAM, CONSUMER)
+        .await
+        .expect("register");
+
+    let writer = {
+        let client = client.clone();
+        async move {
+            // Pushed to the subscription as they commit.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            put_all(&client, STREAM, keyed_records(10, 3), &fast_options())
+                .await
+                .expect("write");
+        }
+    };
+    let reader = FanOutConsumer::new(&client, STREAM, CONSUMER).with_options(fast_fan_out());
+    let mut seen = Vec::new();
+    let follow = reader.follow(
+        Some("shardId-000000000000"),
+        &StartingPosition::TrimHorizon,
+        Some(32),
+        |shard_id, record| {
+            assert_eq!(shard_id, "shardId-000000000000");
+            seen.push(record);
+            ControlFlow::Continue(())
+        },
+    );
+    let (read, ()) = tokio::time::timeout(Duration::from_secs(20), async {
+        tokio::join!(follow, writer)
+    })
+    .await
+    .expect("the follow reaches 32 records");
+    assert_eq!(read.expect("follow"), 32);
+    assert_eq!(
+        seen,
+        fake.log_records(0),
+        "no gaps, no duplicates, in order"
+    );
+
+    let calls = subscribe_calls(&fake);
+    // 4 records before the fault, then at most 8 (two pages) per subscription.
+    assert!(calls.len() >= 5, "a subscription per 2 events: {calls:?}");
+    assert_eq!(calls[0].1, ShardIteratorType::TrimHorizon);
+    let log: Vec<u128> = seen
+        .iter()
+        .map(|r| r.sequence_number.parse().expect("decimal"))
+        .collect();
+    let mut previous = 0;
+    for (_, kind, sequence) in &calls[1..] {
+        assert_eq!(*kind, ShardIteratorType::AfterSequenceNumber, "{calls:?}");
+        let sequence: u128 = sequence
+            .as_deref()
+            .and_then(|s| s.parse().ok())
+            .expect("a continuation");
+        assert!(log.contains(&sequence), "after a record handed over");
+        assert!(sequence >= previous, "never back: {calls:?}");
+        previous = sequence;
+    }
+    // The fault's retry and the normal ends alike wait out the interval.
+    let times: Vec<Instant> = fake.state().subscribe_calls.iter().map(|c| c.0).collect();
+    for pair in times.windows(2) {
+        let gap = pair[1] - pair[0];
+        assert!(
+            gap >= Duration::from_millis(25),
+            "re-subscribed after {gap:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn fan_out_follow_drains_parents_and_moves_into_their_children() {
+    let fake = FakeTributary::new(2);
+    let client = fake.start().await;
+    let total = write_across_reshards(&fake, &client).await;
+    {
+        let mut state = fake.state();
+        // The last shards are closed too, so the follow ends on its own.
+        for index in [2, 4] {
+            state.close(index);
+        }
+        // Children listed first, and a lagging listing that shows none of them: only the
+        // ends of their parents name them.
+        state.reverse_listing = true;
+        state.unlisted = [
+            "shardId-000000000002",
+            "shardId-000000000003",
+            "shardId-000000000004",
+        ]
+        .map(String::from)
+        .into();
+        state.max_page = 7;
+        state.events_per_subscription = Some(3);
+    }
+    client
+        .register_stream_consumer(STREAM, CONSUMER)
+        .await
+        .expect("register");
+    let reader = FanOutConsumer::new(&client, STREAM, CONSUMER).with_options(fast_fan_out());
+    let mut seen: Vec<(String, Record)> = Vec::new();
+    let read = tokio::time::timeout(
+        Duration::from_secs(30),
+        reader.follow(
+            None,
+            &StartingPosition::TrimHorizon,
+            None,
+            |shard_id, record| {
+                seen.push((shard_id.to_owned(), record));
+                ControlFlow::Continue(())
+            },
+        ),
+    )
+    .await
+    .expect("the follow ends once every shard is closed and read");
+    assert_eq!(read.expect("follow"), total);
+    assert_put_order(&read_order_by_key(seen.iter().map(|(_, r)| r)), total);
+
+    let first = |id: &str| seen.iter().position(|(shard, _)| shard == id);
+    let last = |id: &str| seen.iter().rposition(|(shard, _)| shard == id);
+    for (parent, child) in [("0", "2"), ("0", "3"), ("1", "4"), ("3", "4")] {
+        let parent = format!("shardId-00000000000{parent}");
+        let child = format!("shardId-00000000000{child}");
+        assert!(
+            last(&parent) < first(&child),
+            "{parent} is drained before {child} starts"
+        );
+    }
+    for (index, shard) in fake.state().shards.iter().enumerate() {
+        let from_shard: Vec<&Record> = seen
+            .iter()
+            .filter(|(id, _)| *id == shard.meta.shard_id)
+            .map(|(_, r)| r)
+            .collect();
+        assert_eq!(
+            from_shard,
+            shard.log.iter().collect::<Vec<_>>(),
+            "shard {index} exactly once, in order"
+        );
+    }
+    let calls = subscribe_calls(&fake);
+    for child in ["2", "3", "4"] {
+        let id = format!("shardId-00000000000{child}");
+        let first_call = calls.iter().find(|call| call.0 == id).expect("subscribed");
+        assert_eq!(first_call.1, ShardIteratorType::TrimHorizon, "{id}");
+    }
+}
+
+#[tokio::test]
+async fn a_fan_out_subscription_that_is_taken_over_stops_with_resource_in_use() {
+    let fake = FakeTributary::new(1);
+    let client = fake.start().await;
+    put_all(&client, STREAM, keyed_records(5, 2), &fast_options())
+        .await
+        .expect("write");
+    // CREATING through the first three subscribe calls: those are retried.
+    fake.state().consumer_activation_calls = 3;
+    client
+        .register_stream_consumer(STREAM, CONSUMER)
+        .await
+        .expect("register");
+    let reader = FanOutConsumer::new(&client, STREAM, CONSUMER).with_options(fast_fan_out());
+    let mut first = reader.subscriber("shardId-000000000000", StartingPosition::TrimHorizon);
+    let records = first.next_batch().await.expect("ACTIVE after a few tries");
+    assert_eq!(records, fake.log_records(0));
+    assert_eq!(
+        first.subscriptions(),
+        4,
+        "three refusals, then the subscription"
+    );
+
+    let mut second = reader.subscriber("shardId-000000000000", StartingPosition::TrimHorizon);
+    assert_eq!(
+        second.next_batch().await.expect("takes over"),
+        fake.log_records(0)
+    );
+    let error = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            // Heartbeats pushed before the takeover come first.
+            if let Err(error) = first.next_batch().await {
+                return error;
+            }
+        }
+    })
+    .await
+    .expect("the first subscription ends");
+    assert_eq!(error.code(), Some(ErrorCode::ResourceInUse));
+    assert!(error.to_string().contains("took over"), "{error}");
+    assert_eq!(first.subscriptions(), 4, "it does not take the shard back");
+
+    let mut stranger = FanOutConsumer::new(&client, STREAM, "nobody")
+        .with_options(fast_fan_out())
+        .subscriber("shardId-000000000000", StartingPosition::TrimHorizon);
+    let error = stranger.next_batch().await.expect_err("not registered");
+    assert_eq!(error.code(), Some(ErrorCode::ResourceNotFound));
+    assert_eq!(stranger.subscriptions(), 1, "not retried");
+}
+
+#[tokio::test]
+async fn consumers_are_registered_described_listed_and_deregistered() {
+    let fake = FakeTributary::new(1);
+    let client = fake.start().await;
+    let registered = client
+        .register_stream_consumer(STREAM, CONSUMER)
+        .await
+        .expect("register");
+    assert_eq!(registered.status(), ConsumerStatus::ConsumerCreating);
+    assert_eq!(registered.stream_name, STREAM);
+    let error = client
+        .register_stream_consumer(STREAM, CONSUMER)
+        .await
+        .expect_err("the name is taken");
+    assert_eq!(error.code(), Some(ErrorCode::ResourceInUse));
+
+    let active = client
+        .wait_for_consumer_active(STREAM, CONSUMER, Duration::from_secs(5))
+        .await
+        .expect("ACTIVE");
+    assert_eq!(active.status(), ConsumerStatus::ConsumerActive);
+    assert_eq!(active.consumer_id, registered.consumer_id);
+    let listed = client.list_stream_consumers(STREAM).await.expect("list");
+    assert_eq!(listed, std::slice::from_ref(&active));
+    assert_eq!(
+        client
+            .describe_stream_consumer(STREAM, CONSUMER)
+            .await
+            .expect("describe"),
+        active
+    );
+
+    client
+        .deregister_stream_consumer(STREAM, CONSUMER)
+        .await
+        .expect("deregister");
+    assert!(client
+        .list_stream_consumers(STREAM)
+        .await
+        .expect("list")
+        .is_empty());
+    let error = client
+        .describe_stream_consumer(STREAM, CONSUMER)
+        .await
+        .expect_err("gone");
+    assert_eq!(error.code(), Some(ErrorCode::ResourceNotFound));
+    let again = client
+        .register_stream_consumer(STREAM, CONSUMER)
+        .await
+        .expect("register again");
+    assert_ne!(again.consumer_id, registered.consumer_id, "a new id");
+
+    fake.state().consumer_activation_calls = 1000;
+    client
+        .deregister_stream_consumer(STREAM, CONSUMER)
+        .await
+        .expect("deregister");
+    client
+        .register_stream_consumer(STREAM, CONSUMER)
+        .await
+        .expect("register");
+    let error = client
+        .wait_for_consumer_active(STREAM, CONSUMER, Duration::from_millis(500))
+        .await
+        .expect_err("stays CREATING");
+    assert!(
+        matches!(error, tributary_client::Error::Timeout(_)),
+        "{error}"
+    );
+    assert!(error.to_string().contains("CONSUMER_CREATING"), "{error}");
+
+    let error = client
+        .subscribe_to_shard(
+            "nope",
+            CONSUMER,
+            "shardId-000000000000",
+            &StartingPosition::Latest,
+        )
+        .await
+        .expect_err("unknown stream");
+    assert_eq!(error.code(), Some(ErrorCode::ResourceNotFound));
 }

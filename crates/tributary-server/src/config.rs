@@ -46,6 +46,11 @@ pub struct NodeConfig {
     /// idle segments to roll, in milliseconds. Expired records are hidden from readers at
     /// once regardless; this only paces when their disk space is freed.
     pub retention_check_interval_ms: u64,
+    /// Enhanced fan-out consumers a stream may register.
+    pub max_consumers_per_stream: u32,
+    /// A SubscribeToShard call ends after this many milliseconds (Kinesis: 5 minutes); the
+    /// client then subscribes again from its continuation.
+    pub subscription_max_ms: u64,
     /// Per-shard throughput quotas (Kinesis-style; see `quota.rs`). Off by default: a
     /// self-hosted cluster is usually limited by its hardware, not by a per-shard contract.
     pub shard_quotas: bool,
@@ -85,6 +90,8 @@ impl Default for NodeConfig {
             max_shards: 1024,
             max_streams: 1024,
             retention_check_interval_ms: 10_000,
+            max_consumers_per_stream: 20,
+            subscription_max_ms: 5 * 60 * 1000,
             shard_quotas: false,
             shard_write_bytes_per_sec: 1024 * 1024,
             shard_write_records_per_sec: 1000,
@@ -140,6 +147,17 @@ impl NodeConfig {
             return Err(ConfigInvalid(
                 "max_shards is 0; it must be at least 1".into(),
             ));
+        }
+        if self.max_consumers_per_stream == 0 {
+            return Err(ConfigInvalid(
+                "max_consumers_per_stream is 0; it must be at least 1".into(),
+            ));
+        }
+        if self.subscription_max_ms < 1000 {
+            return Err(ConfigInvalid(format!(
+                "subscription_max_ms is {}; it must be at least 1000",
+                self.subscription_max_ms
+            )));
         }
         if self.max_streams == 0 {
             return Err(ConfigInvalid(

@@ -81,6 +81,12 @@ struct ServeArgs {
     /// Quota: GetRecords calls per shard per second (per node).
     #[arg(long, env = "TRIBUTARY_SHARD_READ_CALLS_PER_SEC")]
     shard_read_calls_per_sec: Option<u64>,
+    /// Enhanced fan-out consumers per stream.
+    #[arg(long, env = "TRIBUTARY_MAX_CONSUMERS_PER_STREAM")]
+    max_consumers_per_stream: Option<u32>,
+    /// SubscribeToShard calls end after this many milliseconds.
+    #[arg(long, env = "TRIBUTARY_SUBSCRIPTION_MAX_MS")]
+    subscription_max_ms: Option<u64>,
     /// Maximum streams.
     #[arg(long, env = "TRIBUTARY_MAX_STREAMS")]
     max_streams: Option<u32>,
@@ -132,6 +138,12 @@ impl ServeArgs {
         }
         if let Some(v) = self.max_shards {
             config.max_shards = v;
+        }
+        if let Some(v) = self.max_consumers_per_stream {
+            config.max_consumers_per_stream = v;
+        }
+        if let Some(v) = self.subscription_max_ms {
+            config.subscription_max_ms = v;
         }
         if self.shard_quotas {
             config.shard_quotas = true;

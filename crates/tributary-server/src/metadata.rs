@@ -117,6 +117,24 @@ pub enum MetadataCommand {
         /// The cluster's limits at proposal time.
         limits: Limits,
     },
+    /// Register an enhanced fan-out consumer.
+    RegisterConsumer {
+        /// Stream name.
+        name: String,
+        /// Validated consumer name.
+        consumer: String,
+        /// Registration time, chosen by the proposer.
+        created_at_ms: i64,
+        /// The per-stream consumer limit at proposal time.
+        max_consumers: u32,
+    },
+    /// Deregister an enhanced fan-out consumer; its subscriptions end.
+    DeregisterConsumer {
+        /// Stream name.
+        name: String,
+        /// Consumer name.
+        consumer: String,
+    },
 }
 
 /// Cluster-wide limits, carried in commands so `apply` stays deterministic when an
@@ -350,6 +368,18 @@ pub struct StreamMeta {
     pub tags: BTreeMap<String, String>,
     /// The reshard in progress, if any.
     pub reshard: Option<Reshard>,
+    /// Registered enhanced fan-out consumers by name.
+    #[serde(default)]
+    pub consumers: BTreeMap<String, ConsumerMeta>,
+}
+
+/// A registered enhanced fan-out consumer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConsumerMeta {
+    /// Unique per registration (a re-registered consumer gets a new one).
+    pub consumer_id: u64,
+    /// Registration time (ms).
+    pub created_at_ms: i64,
 }
 
 impl StreamMeta {
@@ -575,6 +605,8 @@ pub struct MetadataState {
     pub streams: BTreeMap<String, StreamMeta>,
     next_stream_id: u64,
     next_group_id: GroupId,
+    #[serde(default)]
+    next_consumer_id: u64,
 }
 
 impl MetadataState {
@@ -707,6 +739,52 @@ impl MetadataState {
                     }
                 }))
             }
+            MetadataCommand::RegisterConsumer {
+                name,
+                consumer,
+                created_at_ms,
+                max_consumers,
+            } => {
+                let next_id = self.next_consumer_id + 1;
+                let result = self.stream_mut(name).and_then(|stream| {
+                    if stream.consumers.contains_key(consumer) {
+                        return Err(ApiError::in_use(format!(
+                            "consumer {consumer} is already registered on stream {name}"
+                        )));
+                    }
+                    if stream.consumers.len() >= *max_consumers as usize {
+                        return Err(ApiError::limit(format!(
+                            "stream {name} already has {} consumers; the limit is {max_consumers} per stream",
+                            stream.consumers.len()
+                        )));
+                    }
+                    stream.consumers.insert(
+                        consumer.clone(),
+                        ConsumerMeta {
+                            consumer_id: next_id,
+                            created_at_ms: *created_at_ms,
+                        },
+                    );
+                    Ok(())
+                });
+                if result.is_ok() {
+                    self.next_consumer_id = next_id;
+                }
+                MetadataOutcome::from_result(result)
+            }
+            MetadataCommand::DeregisterConsumer { name, consumer } => {
+                MetadataOutcome::from_result(self.stream_mut(name).and_then(|stream| {
+                    stream
+                        .consumers
+                        .remove(consumer)
+                        .map(|_| ())
+                        .ok_or_else(|| {
+                            ApiError::not_found(format!(
+                                "consumer {consumer} is not registered on stream {name}"
+                            ))
+                        })
+                }))
+            }
             MetadataCommand::DropExpiredShards {
                 stream_id,
                 shard_indexes,
@@ -784,6 +862,7 @@ impl MetadataState {
                 next_shard_index: shard_count,
                 tags: tags.clone(),
                 reshard: None,
+                consumers: BTreeMap::new(),
             },
         );
         Ok(())
@@ -1225,6 +1304,40 @@ mod tests {
         let stream = state.stream("old").expect("exists");
         assert_eq!(stream.retention_ms, 48 * 3600 * 1000);
         assert_eq!(stream.open_shards().len(), 2);
+    }
+
+    #[test]
+    fn consumers_register_once_up_to_the_limit_and_get_new_ids() {
+        let mut state = active(1, 10);
+        let register = |consumer: &str| MetadataCommand::RegisterConsumer {
+            name: "s".into(),
+            consumer: consumer.into(),
+            created_at_ms: 3,
+            max_consumers: 2,
+        };
+        state.apply(&register("a")).into_result().expect("a");
+        let first_id = state.stream("s").expect("s").consumers["a"].consumer_id;
+        let dup = state.apply(&register("a")).into_result().expect_err("dup");
+        assert_eq!(dup.code, ErrorCode::ResourceInUse);
+        state.apply(&register("b")).into_result().expect("b");
+        let over = state
+            .apply(&register("c"))
+            .into_result()
+            .expect_err("limit");
+        assert_eq!(over.code, ErrorCode::LimitExceeded);
+        assert!(over.message.contains("limit is 2"), "{}", over.message);
+        let deregister = MetadataCommand::DeregisterConsumer {
+            name: "s".into(),
+            consumer: "a".into(),
+        };
+        state.apply(&deregister).into_result().expect("deregister");
+        let gone = state.apply(&deregister).into_result().expect_err("twice");
+        assert_eq!(gone.code, ErrorCode::ResourceNotFound);
+        state.apply(&register("a")).into_result().expect("again");
+        assert_ne!(
+            state.stream("s").expect("s").consumers["a"].consumer_id,
+            first_id
+        );
     }
 
     #[test]

@@ -383,8 +383,8 @@ impl Node {
         })
     }
 
-    /// Whether this node initializes a new shard group: it is the group's preferred leader,
-    /// or the first voter after it that is up.
+    /// Whether this node starts the first election of a new shard group: it is the group's
+    /// preferred leader, or the first voter after it that is up.
     fn initializes(&self, group: GroupId) -> bool {
         let voters: Vec<u64> = self.voters().into_keys().collect();
         let Some(preferred) = preferred_leader(group, &voters) else {
@@ -763,9 +763,12 @@ impl Node {
     async fn append_local(
         &self,
         group: &ShardGroup,
-        batch: RecordBatch,
+        mut batch: RecordBatch,
     ) -> Result<LocalWrite<u64>, ApiError> {
         group.touch();
+        // ApproximateArrivalTimestamp is the leader's clock, whichever node took the call,
+        // so a shard's timestamps follow one clock (AT_TIMESTAMP and retention rely on it).
+        batch.arrival_ms = self.now_ms();
         if group.tip.borrow().sealed_index.is_some() {
             return Err(shard_closed(group.shard_index));
         }
@@ -1056,26 +1059,38 @@ impl Node {
                 }
             }
         }
-        // A replica starts empty and uninitialized: it cannot start an election, and its
-        // leader fills it in (membership included), as for a replica created after the
-        // stream (its node was down, or was replaced). Only while the stream is CREATING,
-        // or the shard is a reshard's pending child, does one node initialize each new
-        // group, with the metadata group's voters as
-        // members: the group's preferred leader, or the next voter that is up if it is
-        // not, so a thousand new groups do not hold three-way elections. Should that node
-        // go down before initializing, the next one in line does it on a later pass (two
-        // nodes initializing with the same membership is allowed by openraft).
+        // A new group (a new stream's, or a reshard's pending child) is initialized on every
+        // node, each replica with the same membership (the metadata group's voters), so
+        // any majority can elect a leader. (Initializing on one node only is not enough:
+        // its vote requests make the other replicas "initialized" without a membership,
+        // and if it then dies no replica can ever lead.) Elections are still left to one
+        // node, so a thousand new groups do not hold three-way elections: the group's
+        // preferred leader (or the next voter that is up) calls one shortly after
+        // initializing, well before the others' election timers run out. A replica created
+        // later (its node was down, or replaced) finds the group led and is filled in by
+        // the leader.
         for group in &new_groups {
             let Some(shard) = self.shard_group(*group) else {
                 continue;
             };
-            if leader_of(&shard.raft).is_none()
-                && self.initializes(*group)
-                && matches!(shard.raft.is_initialized().await, Ok(false))
+            if leader_of(&shard.raft).is_some()
+                || !matches!(shard.raft.is_initialized().await, Ok(false))
             {
-                if let Err(err) = shard.raft.initialize(self.voters()).await {
-                    tracing::debug!(group, %err, "initializing a new shard group");
-                }
+                continue;
+            }
+            if let Err(err) = shard.raft.initialize(self.voters()).await {
+                tracing::debug!(group, %err, "initializing a new shard group");
+                continue;
+            }
+            if self.initializes(*group) {
+                let raft = shard.raft.clone();
+                let delay = Duration::from_millis(self.config.election_timeout_min_ms / 2);
+                tokio::spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    if leader_of(&raft).is_none() {
+                        let _ = raft.trigger().elect(false).await;
+                    }
+                });
             }
         }
         // Only the metadata leader marks streams ACTIVE and drives reshards (the others

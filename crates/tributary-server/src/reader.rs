@@ -24,6 +24,18 @@ pub struct ReadRecord {
     pub data: Bytes,
 }
 
+impl ReadRecord {
+    /// The API form.
+    pub fn into_proto(self) -> tributary_proto::v1::Record {
+        tributary_proto::v1::Record {
+            sequence_number: self.sequence.to_string(),
+            approximate_arrival_timestamp: Some(crate::service::timestamp(self.arrival_ms)),
+            data: self.data,
+            partition_key: self.partition_key,
+        }
+    }
+}
+
 /// One page of records.
 #[derive(Debug)]
 pub struct ReadPage {

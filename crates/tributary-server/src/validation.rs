@@ -34,14 +34,24 @@ pub const TAG_VALUE_MAX_CHARS: usize = 256;
 
 /// Checks a stream name.
 pub fn stream_name(name: &str) -> Result<(), ApiError> {
+    resource_name("stream", name)
+}
+
+/// Checks an enhanced fan-out consumer name (the stream name rule).
+pub fn consumer_name(name: &str) -> Result<(), ApiError> {
+    resource_name("consumer", name)
+}
+
+/// `[a-zA-Z0-9_.-]{1,128}`, with `kind` naming the thing in the message.
+fn resource_name(kind: &str, name: &str) -> Result<(), ApiError> {
     if name.is_empty() {
-        return Err(ApiError::invalid(
-            "stream name is empty; it must be 1-128 characters of [a-zA-Z0-9_.-]",
-        ));
+        return Err(ApiError::invalid(format!(
+            "{kind} name is empty; it must be 1-128 characters of [a-zA-Z0-9_.-]"
+        )));
     }
     if name.len() > STREAM_NAME_MAX {
         return Err(ApiError::invalid(format!(
-            "stream name is {} characters; the limit is {STREAM_NAME_MAX} characters of [a-zA-Z0-9_.-]",
+            "{kind} name is {} characters; the limit is {STREAM_NAME_MAX} characters of [a-zA-Z0-9_.-]",
             name.chars().count()
         )));
     }
@@ -50,7 +60,7 @@ pub fn stream_name(name: &str) -> Result<(), ApiError> {
         .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')))
     {
         return Err(ApiError::invalid(format!(
-            "stream name {name:?} contains {bad:?}; only [a-zA-Z0-9_.-] is allowed"
+            "{kind} name {name:?} contains {bad:?}; only [a-zA-Z0-9_.-] is allowed"
         )));
     }
     Ok(())

@@ -1,10 +1,11 @@
-//! `trib get`: print a shard's or a whole stream's records.
+//! `trib get`: print a shard's or a whole stream's records, by polling or (`--consumer`)
+//! through enhanced fan-out.
 
 use std::io::{self, Write};
 use std::ops::ControlFlow;
 
 use clap::Args;
-use tributary_client::{follow, read_until_tip, Record, StartingPosition};
+use tributary_client::{follow, follow_with_consumer, read_until_tip, Record, StartingPosition};
 
 use super::Context;
 use crate::output::{record_line, write_json_line, OutputFormat, RecordView};
@@ -27,6 +28,40 @@ pub struct GetArgs {
     /// Keep printing new records until interrupted, instead of stopping at the tip.
     #[arg(long)]
     pub follow: bool,
+    /// Read through this enhanced fan-out consumer (see `trib consumer register`): the
+    /// server pushes records as they are written, with a throughput of the consumer's own.
+    /// Needs --follow.
+    #[arg(long, value_name = "NAME")]
+    pub consumer: Option<String>,
+}
+
+impl GetArgs {
+    /// Combinations the parser cannot refuse on its own.
+    pub fn check(&self) -> Result<(), UsageError> {
+        if self.shard.is_none()
+            && matches!(
+                self.from,
+                StartingPosition::AtSequence(_) | StartingPosition::AfterSequence(_)
+            )
+        {
+            return Err(UsageError(format!(
+                "--from {} names a position in one shard; add --shard ID (see `trib shard \
+                 list {}`)",
+                self.from, self.stream
+            )));
+        }
+        if self.consumer.is_some() && !self.follow {
+            // Fan-out pushes records as they are written and has no notion of a tip to stop
+            // at, so a one-shot read through it is not offered.
+            return Err(UsageError(
+                "--consumer needs --follow: enhanced fan-out pushes records as they are \
+                 written and never stops at the tip; add --follow, or leave out --consumer \
+                 to read up to the tip by polling"
+                    .to_owned(),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// A usage mistake found after parsing; `main` exits with code 2 like clap does.
@@ -35,18 +70,7 @@ pub struct GetArgs {
 pub struct UsageError(pub String);
 
 pub async fn run(context: &Context, args: GetArgs) -> anyhow::Result<()> {
-    if args.shard.is_none()
-        && matches!(
-            args.from,
-            StartingPosition::AtSequence(_) | StartingPosition::AfterSequence(_)
-        )
-    {
-        return Err(UsageError(format!(
-            "--from {} names a position in one shard; add --shard ID (see `trib shard list {}`)",
-            args.from, args.stream
-        ))
-        .into());
-    }
+    args.check()?;
     let limit = args
         .limit
         .map(|limit| usize::try_from(limit).unwrap_or(usize::MAX));
@@ -73,7 +97,13 @@ pub async fn run(context: &Context, args: GetArgs) -> anyhow::Result<()> {
         }
     };
     let shard = args.shard.as_deref();
-    let read = if args.follow {
+    let read = if let Some(consumer) = args.consumer.as_deref() {
+        let stream = &args.stream;
+        follow_with_consumer(
+            &client, stream, consumer, shard, &args.from, limit, on_record,
+        )
+        .await
+    } else if args.follow {
         follow(&client, &args.stream, shard, &args.from, limit, on_record).await
     } else {
         read_until_tip(&client, &args.stream, shard, &args.from, limit, on_record).await

@@ -8,7 +8,8 @@ use tonic::{Request, Response, Status};
 use tributary_proto::v1 as pb;
 use tributary_proto::v1::data_service_server::DataService;
 
-use super::{stream_snapshot, timestamp};
+use super::fanout::{Subscription, Subscriptions};
+use super::stream_snapshot;
 use crate::error::ApiError;
 use crate::iterator::IteratorPosition;
 use crate::metadata::{parse_shard_id, ShardState, StreamMeta, StreamStatus};
@@ -24,9 +25,11 @@ use crate::validation::{
 /// How far in the future an AT_TIMESTAMP may be before it is rejected (clock skew).
 const FUTURE_TIMESTAMP_SLACK_MS: i64 = 5_000;
 
-/// The data-plane service.
+/// The data-plane service (a cheap handle: subscriptions keep one).
+#[derive(Clone)]
 pub struct DataApi {
     node: Arc<Node>,
+    subscriptions: Arc<Subscriptions>,
 }
 
 /// A validated entry ready to route.
@@ -43,7 +46,18 @@ const MAX_REROUTES: usize = 4;
 impl DataApi {
     /// A service over a node.
     pub fn new(node: Arc<Node>) -> Self {
-        Self { node }
+        Self {
+            node,
+            subscriptions: Arc::default(),
+        }
+    }
+
+    pub(crate) fn node(&self) -> &Arc<Node> {
+        &self.node
+    }
+
+    pub(crate) fn subscriptions(&self) -> &Subscriptions {
+        &self.subscriptions
     }
 
     fn writable_stream(&self, name: &str) -> Result<StreamMeta, ApiError> {
@@ -88,7 +102,7 @@ impl DataApi {
         }
     }
 
-    fn shard_group(
+    pub(crate) fn shard_group(
         &self,
         stream: &StreamMeta,
         shard_index: u32,
@@ -199,12 +213,12 @@ impl DataApi {
         for entry in routed {
             by_shard.entry(entry.shard_index).or_default().push(entry);
         }
-        let arrival_ms = self.node.now_ms();
         let appends = by_shard
             .into_iter()
             .map(|(shard_index, entries)| async move {
                 let batch = RecordBatch {
-                    arrival_ms,
+                    // Set by the shard's leader when it appends.
+                    arrival_ms: 0,
                     records: entries.iter().map(|e| e.record.clone()).collect(),
                 };
                 let result = match self.shard_group(stream, shard_index) {
@@ -243,8 +257,97 @@ impl DataApi {
         })
     }
 
+    /// The (log index, slot) a GetShardIterator or SubscribeToShard starting position names.
+    pub(crate) fn start_position(
+        &self,
+        stream: &StreamMeta,
+        group: &ShardGroup,
+        shard_id: &str,
+        kind: i32,
+        sequence: Option<&str>,
+        timestamp: Option<prost_types::Timestamp>,
+    ) -> Result<(u64, u16), ApiError> {
+        let shard_index = group.shard_index;
+        let kind =
+            pb::ShardIteratorType::try_from(kind).unwrap_or(pb::ShardIteratorType::Unspecified);
+        let sequence = |kind: &str| -> Result<SequenceNumber, ApiError> {
+            let text = sequence.ok_or_else(|| {
+                ApiError::invalid(format!("{kind} needs starting_sequence_number"))
+            })?;
+            let seq = SequenceNumber::parse(text)?;
+            if seq.shard_index != shard_index {
+                return Err(ApiError::invalid(format!(
+                    "sequence number {text} belongs to {}, not {shard_id}",
+                    crate::metadata::shard_id(seq.shard_index),
+                )));
+            }
+            Ok(seq)
+        };
+        Ok(match kind {
+            pb::ShardIteratorType::TrimHorizon => {
+                reader::trim_horizon(group, self.horizon_ms(stream))
+            }
+            pb::ShardIteratorType::Latest => reader::latest(group),
+            pb::ShardIteratorType::AtSequenceNumber => {
+                let seq = sequence("AT_SEQUENCE_NUMBER")?;
+                (seq.log_index, seq.slot)
+            }
+            pb::ShardIteratorType::AfterSequenceNumber => {
+                let seq = sequence("AFTER_SEQUENCE_NUMBER")?;
+                match seq.slot.checked_add(1) {
+                    Some(slot) => (seq.log_index, slot),
+                    None => (seq.log_index + 1, 0),
+                }
+            }
+            pb::ShardIteratorType::AtTimestamp => {
+                let ts = timestamp.ok_or_else(|| ApiError::invalid("AT_TIMESTAMP needs a timestamp"))?;
+                let ts_ms = ts
+                    .seconds
+                    .saturating_mul(1000)
+                    .saturating_add(i64::from(ts.nanos) / 1_000_000);
+                if ts_ms > self.node.now_ms() + FUTURE_TIMESTAMP_SLACK_MS {
+                    return Err(ApiError::invalid(
+                        "AT_TIMESTAMP is in the future; use LATEST to read new records",
+                    ));
+                }
+                reader::at_timestamp(group, ts_ms, self.horizon_ms(stream))
+            }
+            pb::ShardIteratorType::Unspecified => {
+                return Err(ApiError::invalid(
+                    "shard_iterator_type must be TRIM_HORIZON, LATEST, AT_SEQUENCE_NUMBER, AFTER_SEQUENCE_NUMBER or AT_TIMESTAMP",
+                ))
+            }
+        })
+    }
+
+    /// The children of a shard once this node's metadata shows it closed (None while it
+    /// is open here: a reader at its seal waits for the metadata to catch up).
+    pub(crate) fn closed_children(
+        &self,
+        stream_id: u64,
+        shard_index: u32,
+    ) -> Option<Vec<pb::ChildShard>> {
+        let state = self.node.metadata();
+        let current = state.stream_by_id(stream_id)?;
+        let shard = current.shard(shard_index)?;
+        if shard.is_open() {
+            return None;
+        }
+        Some(
+            current
+                .children_of(shard_index)
+                .map(|child| pb::ChildShard {
+                    shard_id: child.shard_id(),
+                    parent_shards: child.parents().map(crate::metadata::shard_id).collect(),
+                    starting_hash_key: child.hash_range.start.to_string(),
+                    ending_hash_key: child.hash_range.end.to_string(),
+                })
+                .collect(),
+        )
+    }
+
     /// The retention horizon of a stream: records that arrived before it have expired.
-    fn horizon_ms(&self, stream: &StreamMeta) -> i64 {
+    pub(crate) fn horizon_ms(&self, stream: &StreamMeta) -> i64 {
         self.node
             .now_ms()
             .saturating_sub(i64::try_from(stream.retention_ms).unwrap_or(i64::MAX))
@@ -359,6 +462,54 @@ impl DataService for DataApi {
         }))
     }
 
+    type SubscribeToShardStream =
+        tokio_stream::wrappers::ReceiverStream<Result<pb::SubscribeToShardEvent, Status>>;
+
+    async fn subscribe_to_shard(
+        &self,
+        request: Request<pb::SubscribeToShardRequest>,
+    ) -> Result<Response<Self::SubscribeToShardStream>, Status> {
+        let request = request.into_inner();
+        let stream = stream_snapshot(&self.node, &request.stream_name)?;
+        validation::consumer_name(&request.consumer_name)?;
+        let consumer_id = stream
+            .consumers
+            .get(&request.consumer_name)
+            .map(|c| c.consumer_id)
+            .ok_or_else(|| {
+                ApiError::not_found(format!(
+                    "consumer {} is not registered on stream {}",
+                    request.consumer_name, stream.name
+                ))
+            })?;
+        let shard_index = parse_shard_id(&request.shard_id)?;
+        let group = self.shard_group(&stream, shard_index)?;
+        self.node.catch_up_reads(&group).await?;
+        let start = request
+            .starting_position
+            .ok_or_else(|| ApiError::invalid("starting_position is required"))?;
+        let position = self.start_position(
+            &stream,
+            &group,
+            &request.shard_id,
+            start.r#type,
+            start.sequence_number.as_deref(),
+            start.timestamp,
+        )?;
+        let events = Subscription {
+            api: self.clone(),
+            stream,
+            consumer: request.consumer_name,
+            consumer_id,
+            group,
+            position,
+        }
+        .start();
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
+            events,
+        )))
+    }
+
     async fn get_shard_iterator(
         &self,
         request: Request<pb::GetShardIteratorRequest>,
@@ -368,55 +519,14 @@ impl DataService for DataApi {
         let shard_index = parse_shard_id(&request.shard_id)?;
         let group = self.shard_group(&stream, shard_index)?;
         self.node.catch_up_reads(&group).await?;
-        let kind = pb::ShardIteratorType::try_from(request.shard_iterator_type)
-            .unwrap_or(pb::ShardIteratorType::Unspecified);
-        let sequence = |kind: &str| -> Result<SequenceNumber, ApiError> {
-            let text = request.starting_sequence_number.as_deref().ok_or_else(|| {
-                ApiError::invalid(format!("{kind} needs starting_sequence_number"))
-            })?;
-            let seq = SequenceNumber::parse(text)?;
-            if seq.shard_index != shard_index {
-                return Err(ApiError::invalid(format!(
-                    "sequence number {text} belongs to {}, not {}",
-                    crate::metadata::shard_id(seq.shard_index),
-                    request.shard_id
-                )));
-            }
-            Ok(seq)
-        };
-        let (log_index, slot) = match kind {
-            pb::ShardIteratorType::TrimHorizon => {
-                reader::trim_horizon(&group, self.horizon_ms(&stream))
-            }
-            pb::ShardIteratorType::Latest => reader::latest(&group),
-            pb::ShardIteratorType::AtSequenceNumber => {
-                let seq = sequence("AT_SEQUENCE_NUMBER")?;
-                (seq.log_index, seq.slot)
-            }
-            pb::ShardIteratorType::AfterSequenceNumber => {
-                let seq = sequence("AFTER_SEQUENCE_NUMBER")?;
-                match seq.slot.checked_add(1) {
-                    Some(slot) => (seq.log_index, slot),
-                    None => (seq.log_index + 1, 0),
-                }
-            }
-            pb::ShardIteratorType::AtTimestamp => {
-                let ts = request
-                    .timestamp
-                    .ok_or_else(|| ApiError::invalid("AT_TIMESTAMP needs a timestamp"))?;
-                let ts_ms = ts.seconds.saturating_mul(1000).saturating_add(i64::from(ts.nanos) / 1_000_000);
-                if ts_ms > self.node.now_ms() + FUTURE_TIMESTAMP_SLACK_MS {
-                    return Err(ApiError::invalid("AT_TIMESTAMP is in the future; use LATEST to read new records").into());
-                }
-                reader::at_timestamp(&group, ts_ms, self.horizon_ms(&stream))
-            }
-            pb::ShardIteratorType::Unspecified => {
-                return Err(ApiError::invalid(
-                    "shard_iterator_type must be TRIM_HORIZON, LATEST, AT_SEQUENCE_NUMBER, AFTER_SEQUENCE_NUMBER or AT_TIMESTAMP",
-                )
-                .into())
-            }
-        };
+        let (log_index, slot) = self.start_position(
+            &stream,
+            &group,
+            &request.shard_id,
+            request.shard_iterator_type,
+            request.starting_sequence_number.as_deref(),
+            request.timestamp,
+        )?;
         let token = self.node.iterators()?.encode(&IteratorPosition {
             stream_id: stream.stream_id,
             shard_index,
@@ -465,15 +575,19 @@ impl DataService for DataApi {
         let mut page = reader::read(&group, from, limit as usize, max_bytes, horizon)?;
         if page.records.is_empty() && !page.at_shard_end && !wait.is_zero() {
             // Long poll: wake from the shard's apply watch (no timer polling) as soon as
-            // an entry past the position commits, then read again.
+            // an entry past the position commits, and read again; entries without records
+            // (a new leader's blank entry) do not end the wait.
+            let deadline = tokio::time::Instant::now() + wait;
             let mut tip = group.tip.clone();
-            let committed = tokio::time::timeout(wait, async {
-                tip.wait_for(|t| t.applied_index >= page.next.0)
-                    .await
-                    .map(|_| ())
-            })
-            .await;
-            if matches!(committed, Ok(Ok(()))) {
+            while page.records.is_empty() && !page.at_shard_end {
+                let next = page.next.0;
+                let committed = tokio::time::timeout_at(deadline, async {
+                    tip.wait_for(|t| t.applied_index >= next).await.map(|_| ())
+                })
+                .await;
+                if !matches!(committed, Ok(Ok(()))) {
+                    break;
+                }
                 page = reader::read(&group, page.next, limit as usize, max_bytes, horizon)?;
             }
         }
@@ -482,27 +596,9 @@ impl DataService for DataApi {
         }
         // A closed shard read to its end: no next iterator; the children carry on. (Until
         // this node's metadata shows the shard closed, the reader just waits at the end.)
-        let children: Option<Vec<pb::ChildShard>> = page
+        let children = page
             .at_shard_end
-            .then(|| {
-                let state = self.node.metadata();
-                let current = state.stream_by_id(stream.stream_id)?;
-                let shard = current.shard(position.shard_index)?;
-                if shard.is_open() {
-                    return None;
-                }
-                Some(
-                    current
-                        .children_of(position.shard_index)
-                        .map(|child| pb::ChildShard {
-                            shard_id: child.shard_id(),
-                            parent_shards: child.parents().map(crate::metadata::shard_id).collect(),
-                            starting_hash_key: child.hash_range.start.to_string(),
-                            ending_hash_key: child.hash_range.end.to_string(),
-                        })
-                        .collect(),
-                )
-            })
+            .then(|| self.closed_children(stream.stream_id, position.shard_index))
             .flatten();
         let next = match children {
             Some(_) => None,
@@ -516,12 +612,7 @@ impl DataService for DataApi {
         let records = page
             .records
             .into_iter()
-            .map(|r| pb::Record {
-                sequence_number: r.sequence.to_string(),
-                approximate_arrival_timestamp: Some(timestamp(r.arrival_ms)),
-                data: r.data,
-                partition_key: r.partition_key,
-            })
+            .map(reader::ReadRecord::into_proto)
             .collect();
         Ok(Response::new(pb::GetRecordsResponse {
             records,

@@ -2,6 +2,7 @@
 
 pub mod cluster;
 pub mod data;
+pub mod fanout;
 pub mod peer;
 pub mod stream;
 
@@ -15,7 +16,8 @@ use crate::node::Node;
 /// page of 10 MiB of data plus up to 10,000 keys and sequence numbers, with room to spare.
 pub const MAX_MESSAGE_BYTES: usize = 32 * 1024 * 1024;
 
-fn timestamp(ms: i64) -> prost_types::Timestamp {
+/// A protobuf timestamp of milliseconds since the Unix epoch.
+pub fn timestamp(ms: i64) -> prost_types::Timestamp {
     prost_types::Timestamp {
         seconds: ms.div_euclid(1000),
         nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,

@@ -39,8 +39,24 @@ impl StreamApi {
             retention_seconds: stream.retention_ms / 1000,
             created_at: Some(timestamp(stream.created_at_ms)),
             max_record_bytes: stream.max_record_bytes,
-            consumer_count: 0,
+            consumer_count: stream.consumers.len() as u32,
         }
+    }
+
+    fn consumer(stream: &StreamMeta, name: &str) -> Result<pb::Consumer, ApiError> {
+        let consumer = stream.consumers.get(name).ok_or_else(|| {
+            ApiError::not_found(format!(
+                "consumer {name} is not registered on stream {}",
+                stream.name
+            ))
+        })?;
+        Ok(pb::Consumer {
+            consumer_name: name.to_string(),
+            consumer_id: consumer.consumer_id.to_string(),
+            status: pb::ConsumerStatus::ConsumerActive as i32,
+            created_at: Some(timestamp(consumer.created_at_ms)),
+            stream_name: stream.name.clone(),
+        })
     }
 
     /// Proposes a reshard after checking the request's shape.
@@ -305,5 +321,67 @@ impl StreamService for StreamApi {
         Ok(Response::new(pb::ListTagsForStreamResponse {
             tags: stream.tags.into_iter().collect(),
         }))
+    }
+
+    async fn register_stream_consumer(
+        &self,
+        request: Request<pb::RegisterStreamConsumerRequest>,
+    ) -> Result<Response<pb::RegisterStreamConsumerResponse>, Status> {
+        let request = request.into_inner();
+        stream_snapshot(&self.node, &request.stream_name)?;
+        validation::consumer_name(&request.consumer_name)?;
+        self.node
+            .propose_metadata(MetadataCommand::RegisterConsumer {
+                name: request.stream_name.clone(),
+                consumer: request.consumer_name.clone(),
+                created_at_ms: self.node.now_ms(),
+                max_consumers: self.node.config().max_consumers_per_stream,
+            })
+            .await?;
+        let stream = stream_snapshot(&self.node, &request.stream_name)?;
+        Ok(Response::new(pb::RegisterStreamConsumerResponse {
+            consumer: Some(Self::consumer(&stream, &request.consumer_name)?),
+        }))
+    }
+
+    async fn deregister_stream_consumer(
+        &self,
+        request: Request<pb::DeregisterStreamConsumerRequest>,
+    ) -> Result<Response<pb::DeregisterStreamConsumerResponse>, Status> {
+        let request = request.into_inner();
+        stream_snapshot(&self.node, &request.stream_name)?;
+        validation::consumer_name(&request.consumer_name)?;
+        self.node
+            .propose_metadata(MetadataCommand::DeregisterConsumer {
+                name: request.stream_name,
+                consumer: request.consumer_name,
+            })
+            .await?;
+        Ok(Response::new(pb::DeregisterStreamConsumerResponse {}))
+    }
+
+    async fn describe_stream_consumer(
+        &self,
+        request: Request<pb::DescribeStreamConsumerRequest>,
+    ) -> Result<Response<pb::DescribeStreamConsumerResponse>, Status> {
+        let request = request.into_inner();
+        let stream = stream_snapshot(&self.node, &request.stream_name)?;
+        validation::consumer_name(&request.consumer_name)?;
+        Ok(Response::new(pb::DescribeStreamConsumerResponse {
+            consumer: Some(Self::consumer(&stream, &request.consumer_name)?),
+        }))
+    }
+
+    async fn list_stream_consumers(
+        &self,
+        request: Request<pb::ListStreamConsumersRequest>,
+    ) -> Result<Response<pb::ListStreamConsumersResponse>, Status> {
+        let stream = stream_snapshot(&self.node, &request.into_inner().stream_name)?;
+        let consumers = stream
+            .consumers
+            .keys()
+            .map(|name| Self::consumer(&stream, name))
+            .collect::<Result<_, _>>()?;
+        Ok(Response::new(pb::ListStreamConsumersResponse { consumers }))
     }
 }
