@@ -403,18 +403,16 @@ fn page_data(page: &pb::GetRecordsResponse) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retention_hides_expired_records_frees_segments_and_drops_closed_shards() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut node = NodeProcess::start(
-        dir.path(),
-        &[
-            "--retention-check-interval-ms",
-            "200",
-            "--segment-max-age-secs",
-            "1",
-        ],
-    )
+    // Three nodes: trims go through a quiesced leader (whose lease has lapsed) and every
+    // replica snapshots and purges.
+    let mut cluster = Cluster::start(&[
+        "--retention-check-interval-ms",
+        "200",
+        "--segment-max-age-secs",
+        "1",
+    ])
     .await;
-    let remote = node.remote();
+    let remote = cluster.node(1).remote();
     let mut streams = remote.streams().await;
     streams
         .create_stream(pb::CreateStreamRequest {
@@ -448,8 +446,15 @@ async fn retention_hides_expired_records_frees_segments_and_drops_closed_shards(
         .expect("split");
     remote.wait_active("short").await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let old_segments = group_segments(dir.path(), 2);
-    assert!(!old_segments.is_empty());
+    let old_segments: Vec<Vec<std::path::PathBuf>> = cluster
+        .nodes
+        .iter()
+        .map(|n| group_segments(&n.data_dir, 2))
+        .collect();
+    assert!(
+        old_segments.iter().all(|s| !s.is_empty()),
+        "{old_segments:?}"
+    );
 
     tokio::time::sleep(Duration::from_secs(60)).await;
     let new = put_keyed(
@@ -513,8 +518,15 @@ async fn retention_hides_expired_records_frees_segments_and_drops_closed_shards(
     loop {
         let shards = remote.shards("short").await;
         let parent_gone = !shards.iter().any(|s| s.shard_id == "shardId-000000000000");
-        let segments = group_segments(dir.path(), 2);
-        let purged = !segments.contains(&old_segments[0]);
+        let segments: Vec<Vec<std::path::PathBuf>> = cluster
+            .nodes
+            .iter()
+            .map(|n| group_segments(&n.data_dir, 2))
+            .collect();
+        let purged = segments
+            .iter()
+            .zip(&old_segments)
+            .all(|(now, before)| !now.contains(&before[0]));
         if parent_gone && purged {
             break;
         }
@@ -529,8 +541,8 @@ async fn retention_hides_expired_records_frees_segments_and_drops_closed_shards(
 
     // After a restart over the purged log the shard starts from its trim-point snapshot
     // and serves the same records and new writes.
-    node.restart().await;
-    let remote = node.remote();
+    cluster.node_mut(1).restart().await;
+    let remote = cluster.node(1).remote();
     let read = read_in_lineage_order(&remote, "short").await;
     assert_per_key_order(&read, &new);
     let mut all = new.clone();

@@ -86,15 +86,12 @@ async fn expire(node: &Node, shard: &ShardGroup, retention_ms: u64) -> anyhow::R
                 .transpose()?;
             if let Some(entry) = entry {
                 let id = entry.log_id;
-                shard.touch();
                 let trim = ShardControl::Trim {
                     index: id.index,
                     term: id.leader_id.term,
                     leader_node: id.leader_id.node_id,
                 };
-                if let Err(err) = shard.raft.client_write(Command::Shard(trim)).await {
-                    tracing::debug!(group = shard.group_id, %err, "trim not proposed");
-                }
+                propose_trim(shard, trim, upto).await;
             }
         }
     }
@@ -113,9 +110,34 @@ async fn expire(node: &Node, shard: &ShardGroup, retention_ms: u64) -> anyhow::R
     if snapshot < trim {
         shard.raft.trigger().snapshot().await?;
     } else if purged < trim {
+        tracing::debug!(group = shard.group_id, trim, purged, "retention: purging");
         shard.raft.trigger().purge_log(trim).await?;
     }
     Ok(())
+}
+
+/// Proposes a trim on this replica (it leads the group). A quiesced leader's lease has
+/// lapsed (it sent no heartbeats), so it refuses writes until the heartbeat that waking it
+/// sends is acknowledged: retry briefly.
+async fn propose_trim(shard: &ShardGroup, trim: ShardControl, upto: u64) {
+    shard.touch();
+    for _ in 0..40 {
+        match shard.raft.client_write(Command::Shard(trim.clone())).await {
+            Ok(_) => {
+                tracing::info!(group = shard.group_id, upto, "retention: trimmed");
+                return;
+            }
+            Err(openraft::error::RaftError::APIError(
+                openraft::error::ClientWriteError::ForwardToLeader(forward),
+            )) if forward.leader_id.is_none() => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(err) => {
+                tracing::debug!(group = shard.group_id, %err, "trim not proposed");
+                return;
+            }
+        }
+    }
 }
 
 /// Proposes dropping closed shards whose retention has passed since they closed.
