@@ -560,6 +560,12 @@ impl Log {
         self.read_state().first_index()
     }
 
+    /// When the oldest segment file was created (ms since the epoch, this node's clock):
+    /// no batch in the log was appended before it. `None` when there is no segment.
+    pub fn oldest_segment_created_ms(&self) -> Option<i64> {
+        self.read_state().segments.first().map(|s| s.created_ms)
+    }
+
     /// Last index (`None` when the log holds no readable batch).
     pub fn last_index(&self) -> Option<u64> {
         self.read_state().last_index()
