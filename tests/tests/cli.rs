@@ -341,3 +341,37 @@ async fn enhanced_fan_out_through_the_cli() {
     assert!(!gone.status.success());
     assert!(String::from_utf8_lossy(&gone.stderr).contains("ResourceNotFound"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shard_follow_long_polls_and_prints_a_new_record() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = NodeProcess::start(&dir.path().join("node"), &[]).await;
+    ok(trib(
+        &node,
+        &["stream", "create", "f", "--shards", "1"],
+        None,
+    ));
+    let endpoint = node.endpoint();
+    let follow = std::thread::spawn(move || {
+        Command::new(binary("trib"))
+            .args([
+                "--endpoint",
+                &endpoint,
+                "get",
+                "f",
+                "--shard",
+                "shardId-000000000000",
+            ])
+            .args([
+                "--follow", "--from", "latest", "--limit", "1", "--output", "json",
+            ])
+            .output()
+            .expect("run trib get --follow")
+    });
+    // The follow is waiting in a long poll (server-side) when the record commits.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    ok(trib(&node, &["put", "f", "hello"], None));
+    let records = json_lines(&ok(follow.join().expect("follow thread")));
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0]["data"], "aGVsbG8=");
+}

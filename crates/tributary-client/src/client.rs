@@ -303,11 +303,22 @@ impl Client {
         shard_iterator: &str,
         limit: u32,
     ) -> Result<GetRecordsResponse, Error> {
+        self.get_records_waiting(shard_iterator, limit, None).await
+    }
+
+    /// Like [`Client::get_records`], but at the shard's tip the server waits up to `wait`
+    /// (at most 10 s) for records to commit and answers as soon as they do (long poll).
+    pub async fn get_records_waiting(
+        &self,
+        shard_iterator: &str,
+        limit: u32,
+        wait: Option<std::time::Duration>,
+    ) -> Result<GetRecordsResponse, Error> {
         let request = GetRecordsRequest {
             shard_iterator: shard_iterator.to_owned(),
             limit,
             stream_name: None,
-            wait_ms: None,
+            wait_ms: wait.map(|w| u32::try_from(w.as_millis()).unwrap_or(u32::MAX)),
         };
         let response = self.data.clone().get_records(request).await?;
         Ok(response.into_inner())

@@ -18,7 +18,7 @@
 //! retried with backoff, and an expired iterator is reopened after the last record returned.
 
 use std::ops::ControlFlow;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tributary_proto::v1::{ChildShard, ErrorCode, Record, Shard, ShardStatus};
 
@@ -32,6 +32,10 @@ pub const MAX_RECORDS_PER_CALL: u32 = 10_000;
 /// How long a follow waits after a round of polls that returned nothing. Short enough that a
 /// follower sees new records promptly, long enough not to hammer idle shards.
 pub const FOLLOW_POLL_INTERVAL: Duration = Duration::from_millis(200);
+
+/// How long a follow's GetRecords at the tip waits for new records (long poll) when it
+/// reads one shard; several shards are polled in turn instead, so none waits on another.
+pub const FOLLOW_LONG_POLL: Duration = Duration::from_secs(5);
 
 /// When a [`ShardReader`] is finished.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,6 +98,8 @@ pub struct ShardReader {
     finished: bool,
     /// From the last page of a closed shard: the shards that continue its hash keys.
     child_shards: Vec<ChildShard>,
+    /// Long poll: how long the server may wait at the tip for new records.
+    wait: Option<Duration>,
     retry: RetryPolicy,
 }
 
@@ -119,8 +125,20 @@ impl ShardReader {
             mode,
             finished: false,
             child_shards: Vec::new(),
+            wait: None,
             retry: RetryPolicy::default(),
         }
+    }
+
+    /// Makes each GetRecords at the tip a long poll of up to `wait` (at most 10 s): the
+    /// server answers as soon as records commit, so a follower sees them without polling.
+    pub fn set_long_poll(&mut self, wait: Option<Duration>) {
+        self.wait = wait;
+    }
+
+    /// Whether GetRecords calls long-poll (an empty answer then already waited).
+    pub fn long_polls(&self) -> bool {
+        self.wait.is_some()
     }
 
     /// Lists the stream's shards and makes a reader of `shard_id`.
@@ -228,7 +246,11 @@ impl ShardReader {
         let mut backoff = Backoff::start(&self.retry);
         let mut reopened = false;
         loop {
-            let error = match self.client.get_records(&iterator, limit).await {
+            let error = match self
+                .client
+                .get_records_waiting(&iterator, limit, self.wait)
+                .await
+            {
                 Ok(response) => return Ok(response),
                 Err(error) if error.code() == Some(ErrorCode::ExpiredIterator) && !reopened => {
                     tracing::debug!(shard = %self.shard_id, %error, "reopening expired iterator");
@@ -496,14 +518,18 @@ where
     };
     let shard = find_shard(&listing, stream, shard_id)?;
     let mut reader = ShardReader::new(client, stream, shard, from.clone(), ReadMode::Follow);
+    reader.set_long_poll(Some(FOLLOW_LONG_POLL));
     while !reader.is_finished() && !delivery.is_full() {
+        let started = Instant::now();
         let records = reader.next_batch(delivery.page_limit()).await?;
         let received = !records.is_empty();
         if delivery.hand_over(reader.shard_id(), records).is_break() {
             break;
         }
+        // A server that answered an empty long poll early (or ignores the wait) must not
+        // make this loop spin.
         if !received && !reader.is_finished() {
-            tokio::time::sleep(FOLLOW_POLL_INTERVAL).await;
+            pace(started).await;
         }
     }
     Ok(delivery.delivered)
@@ -533,6 +559,12 @@ where
         let mut received = false;
         let mut relist = false;
         let mut index = 0;
+        let started = Instant::now();
+        // One shard to read: long-poll it. Several: poll them in turn.
+        let single = readers.len() == 1;
+        for reader in &mut readers {
+            reader.set_long_poll(single.then_some(FOLLOW_LONG_POLL));
+        }
         while index < readers.len() {
             if delivery.is_full() {
                 return Ok(());
@@ -564,10 +596,18 @@ where
             // Every shard is closed and read to its end: nothing can come.
             return Ok(());
         }
-        // New children are read at once; otherwise an idle round waits before the next.
+        // New children are read at once; otherwise an idle round waits before the next
+        // (a long poll has usually waited already).
         if !received && !relist {
-            tokio::time::sleep(FOLLOW_POLL_INTERVAL).await;
+            pace(started).await;
         }
+    }
+}
+
+/// Sleeps what is left of [`FOLLOW_POLL_INTERVAL`] since `started`.
+async fn pace(started: Instant) {
+    if let Some(rest) = FOLLOW_POLL_INTERVAL.checked_sub(started.elapsed()) {
+        tokio::time::sleep(rest).await;
     }
 }
 
