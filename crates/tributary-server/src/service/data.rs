@@ -596,10 +596,25 @@ impl DataService for DataApi {
         }
         // A closed shard read to its end: no next iterator; the children carry on. (Until
         // this node's metadata shows the shard closed, the reader just waits at the end.)
-        let children = page
+        let mut children = page
             .at_shard_end
             .then(|| self.closed_children(stream.stream_id, position.shard_index))
             .flatten();
+        if page.at_shard_end && children.is_none() && !wait.is_zero() {
+            // Sealed here but not yet closed in this node's metadata: a long poll waits
+            // for the metadata rather than answering empty at once.
+            let mut version = self.node.metadata_version();
+            let deadline = tokio::time::Instant::now() + wait;
+            while children.is_none() {
+                if !matches!(
+                    tokio::time::timeout_at(deadline, version.changed()).await,
+                    Ok(Ok(()))
+                ) {
+                    break;
+                }
+                children = self.closed_children(stream.stream_id, position.shard_index);
+            }
+        }
         let next = match children {
             Some(_) => None,
             None => Some(codec.encode(&IteratorPosition {
