@@ -175,10 +175,11 @@ async fn leaders_spread_evenly_and_sigterm_hands_them_off() {
     assert!(ok > 0);
     assert!(
         failed.is_empty(),
-        "{} of {} writes failed during a graceful stop: {:?}",
+        "{} of {} writes failed during a graceful stop: {:?}\n---- node 1 log ----\n{}",
         failed.len(),
         ok as usize + failed.len(),
-        &failed[..failed.len().min(5)]
+        &failed[..failed.len().min(5)],
+        cluster.node(1).log()
     );
     assert!(cluster
         .node(1)

@@ -1059,38 +1059,32 @@ impl Node {
                 }
             }
         }
-        // A new group (a new stream's, or a reshard's pending child) is initialized on every
-        // node, each replica with the same membership (the metadata group's voters), so
-        // any majority can elect a leader. (Initializing on one node only is not enough:
-        // its vote requests make the other replicas "initialized" without a membership,
-        // and if it then dies no replica can ever lead.) Elections are still left to one
-        // node, so a thousand new groups do not hold three-way elections: the group's
-        // preferred leader (or the next voter that is up) calls one shortly after
-        // initializing, well before the others' election timers run out. A replica created
-        // later (its node was down, or replaced) finds the group led and is filled in by
-        // the leader.
+        // A replica starts empty and uninitialized: it cannot start an election, and its
+        // leader fills it in (membership included), as for a replica created after the
+        // stream (its node was down, or was replaced). Only while the stream is CREATING,
+        // or the shard is a reshard's pending child, does one node initialize each new
+        // group, with the metadata group's voters as members: the group's preferred
+        // leader, or the next voter that is up if it is not, so a thousand new groups do
+        // not hold three-way elections. Should that node go down before initializing, the
+        // next one in line does it on a later pass.
+        //
+        // Known gap: if the initializing node dies after its vote requests reached the
+        // other replicas but before it replicated the membership, those replicas count as
+        // initialized without a membership and the group cannot elect until that node
+        // returns. Initializing on every node closes the gap but, as tried, made SIGTERM
+        // handoffs fail writes; see docs/architecture.md.
         for group in &new_groups {
             let Some(shard) = self.shard_group(*group) else {
                 continue;
             };
             if leader_of(&shard.raft).is_some()
+                || !self.initializes(*group)
                 || !matches!(shard.raft.is_initialized().await, Ok(false))
             {
                 continue;
             }
             if let Err(err) = shard.raft.initialize(self.voters()).await {
                 tracing::debug!(group, %err, "initializing a new shard group");
-                continue;
-            }
-            if self.initializes(*group) {
-                let raft = shard.raft.clone();
-                let delay = Duration::from_millis(self.config.election_timeout_min_ms / 2);
-                tokio::spawn(async move {
-                    tokio::time::sleep(delay).await;
-                    if leader_of(&raft).is_none() {
-                        let _ = raft.trigger().elect(false).await;
-                    }
-                });
             }
         }
         // Only the metadata leader marks streams ACTIVE and drives reshards (the others
