@@ -159,6 +159,34 @@ fn assert_per_key_order(read: &[(String, Vec<pb::Record>)], acked: &[Acked]) {
     }
 }
 
+/// Writes batches of one record per key (`key-0` .. `key-{keys-1}`) to stream `demo`
+/// through `node` until `stop` is set and at least `min_batches` were written; the task
+/// returns what was acknowledged, in acknowledgement order.
+fn spawn_keyed_writer(
+    node: Remote,
+    keys: usize,
+    min_batches: usize,
+) -> (
+    std::sync::Arc<std::sync::atomic::AtomicBool>,
+    tokio::task::JoinHandle<Vec<Acked>>,
+) {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writing = stop.clone();
+    let writer = tokio::spawn(async move {
+        let mut acked = Vec::new();
+        let mut batch = 0;
+        while batch < min_batches || !writing.load(std::sync::atomic::Ordering::SeqCst) {
+            let records = (0..keys)
+                .map(|i| (format!("key-{i}"), format!("{batch}-{i}")))
+                .collect();
+            acked.extend(put_keyed(&node, "demo", records).await);
+            batch += 1;
+        }
+        acked
+    });
+    (stop, writer)
+}
+
 async fn wait_open_shards(node: &Remote, stream: &str, count: usize) {
     node.wait_active(stream).await;
     let open = node
@@ -189,22 +217,8 @@ async fn scaling_up_and_down_under_writes_keeps_every_keys_order() {
 
     // A writer puts 100 keys' records in batches through node 2 while node 1 scales the
     // stream to 8 shards and back to 3.
-    let writer_node = cluster.node(2).remote();
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let writing = stop.clone();
-    let writer = tokio::spawn(async move {
-        let mut acked = Vec::new();
-        let mut batch = 0;
-        // Until both scales are done, and at least 20 batches.
-        while batch < 20 || !writing.load(std::sync::atomic::Ordering::SeqCst) {
-            let records = (0..100)
-                .map(|i| (format!("key-{i}"), format!("{batch}-{i}")))
-                .collect();
-            acked.extend(put_keyed(&writer_node, "demo", records).await);
-            batch += 1;
-        }
-        acked
-    });
+    // Until both scales are done, and at least 20 batches.
+    let (stop, writer) = spawn_keyed_writer(cluster.node(2).remote(), 100, 20);
     tokio::time::sleep(Duration::from_millis(300)).await;
     scale(&node, "demo", 8).await;
     wait_open_shards(&node, "demo", 8).await;
@@ -919,21 +933,7 @@ async fn a_reshard_survives_the_metadata_leader_dying_mid_way() {
     node.create_stream("demo", 2).await;
     let leader = cluster.status(1).await.metadata_leader_id;
     let survivor = (1..=3).find(|id| *id != leader).expect("another node");
-    let writer_node = cluster.node(survivor).remote();
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let writing = stop.clone();
-    let writer = tokio::spawn(async move {
-        let mut acked = Vec::new();
-        let mut batch = 0;
-        while batch < 10 || !writing.load(std::sync::atomic::Ordering::SeqCst) {
-            let records = (0..50)
-                .map(|i| (format!("key-{i}"), format!("{batch}-{i}")))
-                .collect();
-            acked.extend(put_keyed(&writer_node, "demo", records).await);
-            batch += 1;
-        }
-        acked
-    });
+    let (stop, writer) = spawn_keyed_writer(cluster.node(survivor).remote(), 50, 10);
     // Scale 2 -> 3 (a split step, then merges) and kill the metadata leader right away:
     // the next leader carries the remaining steps out.
     scale(&cluster.node(survivor).remote(), "demo", 3).await;

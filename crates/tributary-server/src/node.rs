@@ -726,11 +726,11 @@ impl Node {
     /// disk. A node that does not lead the shard forwards the batch to the one that does.
     /// If the forward fails in flight, the outcome is unknown and the caller gets a
     /// retryable error (a retry may then store the batch twice: at-least-once, as Kinesis).
-    pub async fn append(&self, group: &ShardGroup, batch: RecordBatch) -> Result<u64, ApiError> {
+    pub async fn append(&self, group: &ShardGroup, batch: &RecordBatch) -> Result<u64, ApiError> {
         let me = self.config.node_id;
         // Encoded at most once, however many leaders the batch is forwarded to.
         let encoded = std::sync::OnceLock::<bytes::Bytes>::new();
-        let (batch, encoded) = (&batch, &encoded);
+        let encoded = &encoded;
         self.on_leader(
             &group.raft,
             || {

@@ -216,22 +216,28 @@ impl DataApi {
         let appends = by_shard
             .into_iter()
             .map(|(shard_index, entries)| async move {
+                // The records move into the batch (no copy); they come back out of it only
+                // if the shard turns out sealed and they must be routed again.
+                let (places, records): (Vec<(usize, u128)>, Vec<StoredRecord>) = entries
+                    .into_iter()
+                    .map(|e| ((e.position, e.hash), e.record))
+                    .unzip();
                 let batch = RecordBatch {
                     // Set by the shard's leader when it appends.
                     arrival_ms: 0,
-                    records: entries.iter().map(|e| e.record.clone()).collect(),
+                    records,
                 };
                 let result = match self.shard_group(stream, shard_index) {
-                    Ok(group) => self.node.append(&group, batch).await,
+                    Ok(group) => self.node.append(&group, &batch).await,
                     Err(err) => Err(err),
                 };
-                (shard_index, entries, result)
+                (shard_index, places, batch.records, result)
             });
         let mut closed_shards = Vec::new();
         let mut closed_entries = Vec::new();
-        for (shard_index, entries, result) in join_all(appends).await {
-            for (slot, entry) in entries.iter().enumerate() {
-                results[entry.position] = match &result {
+        for (shard_index, places, records, result) in join_all(appends).await {
+            for (slot, (position, _)) in places.iter().enumerate() {
+                results[*position] = match &result {
                     Ok(log_index) => pb::PutRecordsResultEntry {
                         shard_id: crate::metadata::shard_id(shard_index),
                         sequence_number: SequenceNumber {
@@ -248,7 +254,14 @@ impl DataApi {
             }
             if matches!(&result, Err(err) if err.code == pb::ErrorCode::ShardClosed) {
                 closed_shards.push(shard_index);
-                closed_entries.extend(entries);
+                closed_entries.extend(places.into_iter().zip(records).map(
+                    |((position, hash), record)| Routed {
+                        position,
+                        hash,
+                        shard_index,
+                        record,
+                    },
+                ));
             }
         }
         (!closed_entries.is_empty()).then(|| {
