@@ -140,6 +140,12 @@ struct Attempt {
 /// A position, as parsed from an observation.
 type Position = (String, u128);
 
+/// One node's drain of one shard, in order.
+type Drained = Vec<(u128, String)>;
+
+/// Drains by shard, then node.
+type Drains = BTreeMap<String, BTreeMap<u64, Drained>>;
+
 /// Parses a decimal sequence number; `None` for anything else.
 pub fn parse_seq(text: &str) -> Option<u128> {
     if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
@@ -245,7 +251,7 @@ pub fn check(history: &[Op]) -> Findings {
         }
     }
     let mut chains: BTreeMap<u64, Vec<&Op>> = BTreeMap::new();
-    let mut drains: BTreeMap<String, BTreeMap<u64, Vec<(u128, String)>>> = BTreeMap::new();
+    let mut drains: Drains = BTreeMap::new();
     let mut drained_any = false;
     for op in completions.values() {
         if !matches!(op.f, OpFn::Read | OpFn::Drain) {
@@ -574,15 +580,12 @@ fn check_duplicates(
 /// P8: every node's drain of a shard is identical. Within a shard, the nodes outside the
 /// largest group of identical drains are divergent (a node that drained other shards but
 /// not this one counts as having drained nothing of it).
-fn check_divergence(
-    drains: &BTreeMap<String, BTreeMap<u64, Vec<(u128, String)>>>,
-    findings: &mut Findings,
-) {
+fn check_divergence(drains: &Drains, findings: &mut Findings) {
     let nodes: BTreeSet<u64> = drains.values().flat_map(|n| n.keys().copied()).collect();
     let mut divergent: BTreeSet<u64> = BTreeSet::new();
     let empty = Vec::new();
     for (shard, by_node) in drains {
-        let mut groups: Vec<(&Vec<(u128, String)>, Vec<u64>)> = Vec::new();
+        let mut groups: Vec<(&Drained, Vec<u64>)> = Vec::new();
         for node in &nodes {
             let records = by_node.get(node).unwrap_or(&empty);
             match groups.iter_mut().find(|(r, _)| *r == records) {

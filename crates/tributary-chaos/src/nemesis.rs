@@ -234,7 +234,7 @@ impl Nemesis {
     }
 
     async fn inject(&mut self, fault: Fault, hold: Duration, pick: u64) -> Result<String> {
-        let metadata = pick % 2 == 0;
+        let metadata = pick.is_multiple_of(2);
         match fault {
             Fault::KillLeader | Fault::KillFollower => {
                 let leader = self.leader(true, pick).await;
