@@ -2,7 +2,10 @@
 //! so building never needs a system `protoc`.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../proto");
+    // Read at run time: a build script compiled once can be reused by another checkout
+    // sharing the target dir, and `env!` would point it at the first checkout's protos.
+    let manifest_dir = std::env::var("CARGO_MANIFEST_DIR")?;
+    let root = std::path::Path::new(&manifest_dir).join("../../proto");
     let files = ["common", "stream", "data", "cluster", "peer"]
         .map(|name| root.join(format!("tributary/v1/{name}.proto")));
     let descriptors = protox::compile(&files, [&root])?;

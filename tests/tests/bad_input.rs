@@ -130,6 +130,8 @@ async fn bad_input_is_rejected_with_stable_codes_and_changes_nothing() {
             .expect_err("unknown"),
         data.put_records(pb::PutRecordsRequest {
             stream_name: "nope".into(),
+            producer_id: 0,
+            producer_sequence: 0,
             records: vec![entry("k", b"x".to_vec())],
         })
         .await
@@ -151,6 +153,8 @@ async fn bad_input_is_rejected_with_stable_codes_and_changes_nothing() {
     // Records.
     let put = |records: Vec<pb::PutRecordsEntry>| pb::PutRecordsRequest {
         stream_name: "good".into(),
+        producer_id: 0,
+        producer_sequence: 0,
         records,
     };
     let hash = |h: &str| pb::PutRecordsEntry {

@@ -226,6 +226,8 @@ fn spawn_writer(endpoint: String, stream: &'static str) -> Writer {
             match client
                 .put_records(pb::PutRecordsRequest {
                     stream_name: stream.into(),
+                    producer_id: 0,
+                    producer_sequence: 0,
                     records: entries,
                 })
                 .await

@@ -26,6 +26,8 @@ async fn put_all(node: &NodeProcess, stream: &str) -> BTreeMap<String, Vec<(u128
         let response = data
             .put_records(pb::PutRecordsRequest {
                 stream_name: stream.into(),
+                producer_id: 0,
+                producer_sequence: 0,
                 records: records.clone(),
             })
             .await

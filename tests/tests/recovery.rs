@@ -22,6 +22,8 @@ async fn put_numbered(node: &NodeProcess, stream: &str, count: usize, size: usiz
         let response = data
             .put_records(pb::PutRecordsRequest {
                 stream_name: stream.into(),
+                producer_id: 0,
+                producer_sequence: 0,
                 records,
             })
             .await

@@ -27,6 +27,8 @@ async fn put_keyed(node: &Remote, stream: &str, records: Vec<(String, String)>) 
         );
         let request = pb::PutRecordsRequest {
             stream_name: stream.into(),
+            producer_id: 0,
+            producer_sequence: 0,
             records: pending
                 .iter()
                 .map(|(key, value)| pb::PutRecordsEntry {
@@ -848,6 +850,8 @@ async fn shard_quotas_refuse_excess_throughput_and_write_nothing_for_it() {
     let reply = data
         .put_records(pb::PutRecordsRequest {
             stream_name: "q".into(),
+            producer_id: 0,
+            producer_sequence: 0,
             records: records
                 .iter()
                 .map(|(key, value)| pb::PutRecordsEntry {

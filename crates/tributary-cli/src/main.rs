@@ -15,6 +15,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use commands::cluster::ClusterCommand;
+use commands::consume::ConsumeArgs;
 use commands::consumer::ConsumerCommand;
 use commands::get::{GetArgs, UsageError};
 use commands::put::{acknowledged_line, PartialPut, PutArgs};
@@ -55,6 +56,9 @@ enum Command {
     /// Read records up to the tip at the time of the call, or follow new ones (by polling,
     /// or through an enhanced fan-out consumer).
     Get(GetArgs),
+    /// Join a consumer group: share the stream's shards with the other workers of the same
+    /// application, print records as JSON lines and checkpoint after each batch.
+    Consume(ConsumeArgs),
     /// Register, list, describe and deregister enhanced fan-out consumers.
     #[command(subcommand)]
     Consumer(ConsumerCommand),
@@ -75,6 +79,7 @@ async fn main() -> ExitCode {
         Command::Shard(command) => commands::shard::run(&context, command).await,
         Command::Put(args) => commands::put::run(&context, args).await,
         Command::Get(args) => commands::get::run(&context, args).await,
+        Command::Consume(args) => commands::consume::run(&context, args).await,
         Command::Consumer(command) => commands::consumer::run(&context, command).await,
         Command::Cluster(command) => commands::cluster::run(&context, command).await,
     };

@@ -9,15 +9,17 @@ use tributary_proto::v1::cluster_service_client::ClusterServiceClient;
 use tributary_proto::v1::data_service_client::DataServiceClient;
 use tributary_proto::v1::stream_service_client::StreamServiceClient;
 use tributary_proto::v1::{
-    AddTagsToStreamRequest, ClusterStatusRequest, ClusterStatusResponse, Consumer, ConsumerStatus,
-    CreateStreamRequest, DeleteStreamRequest, DeregisterStreamConsumerRequest,
-    DescribeStreamConsumerRequest, DescribeStreamRequest, DescribeStreamSummaryRequest, ErrorCode,
-    GetRecordsRequest, GetRecordsResponse, ListShardsRequest, ListStreamConsumersRequest,
-    ListStreamsRequest, ListTagsForStreamRequest, MergeShardsRequest, PutRecordRequest,
-    PutRecordResponse, PutRecordsEntry, PutRecordsRequest, PutRecordsResponse,
-    RegisterStreamConsumerRequest, RemoveTagsFromStreamRequest, ReplaceNodeRequest, Shard,
-    SplitShardRequest, StreamDescription, StreamStatus, StreamSummary, SubscribeToShardEvent,
-    SubscribeToShardRequest, UpdateShardCountRequest, UpdateStreamRetentionRequest,
+    AddTagsToStreamRequest, CheckpointRequest, ClusterStatusRequest, ClusterStatusResponse,
+    Consumer, ConsumerStatus, CreateStreamRequest, DeleteStreamRequest,
+    DeregisterStreamConsumerRequest, DescribeStreamConsumerRequest, DescribeStreamRequest,
+    DescribeStreamSummaryRequest, ErrorCode, GetRecordsRequest, GetRecordsResponse, Lease,
+    ListLeasesRequest, ListShardsRequest, ListStreamConsumersRequest, ListStreamsRequest,
+    ListTagsForStreamRequest, MergeShardsRequest, PutRecordRequest, PutRecordResponse,
+    PutRecordsEntry, PutRecordsRequest, PutRecordsResponse, RegisterStreamConsumerRequest,
+    ReleaseLeaseRequest, RemoveTagsFromStreamRequest, RenewLeasesRequest, ReplaceNodeRequest,
+    Shard, SplitShardRequest, StreamDescription, StreamStatus, StreamSummary,
+    SubscribeToShardEvent, SubscribeToShardRequest, TakeLeaseRequest, UpdateShardCountRequest,
+    UpdateStreamRetentionRequest,
 };
 
 use crate::{Error, StartingPosition};
@@ -270,10 +272,37 @@ impl Client {
         stream: &str,
         records: Vec<PutRecordsEntry>,
     ) -> Result<PutRecordsResponse, Error> {
+        self.put_records_as(stream, records, None).await
+    }
+
+    /// PutRecords as request `sequence` of idempotent producer `producer_id` (both
+    /// non-zero): a retry with the same numbers and records is answered with the original
+    /// sequence numbers instead of being stored twice. [`crate::Producer`] numbers its
+    /// requests this way.
+    pub async fn put_records_idempotent(
+        &self,
+        stream: &str,
+        records: Vec<PutRecordsEntry>,
+        producer_id: u64,
+        sequence: u64,
+    ) -> Result<PutRecordsResponse, Error> {
+        self.put_records_as(stream, records, Some((producer_id, sequence)))
+            .await
+    }
+
+    async fn put_records_as(
+        &self,
+        stream: &str,
+        records: Vec<PutRecordsEntry>,
+        producer: Option<(u64, u64)>,
+    ) -> Result<PutRecordsResponse, Error> {
         let sent = records.len();
+        let (producer_id, producer_sequence) = producer.unwrap_or((0, 0));
         let request = PutRecordsRequest {
             stream_name: stream.to_owned(),
             records,
+            producer_id,
+            producer_sequence,
         };
         let response = self.data.clone().put_records(request).await?.into_inner();
         if response.records.len() != sent {
@@ -424,6 +453,58 @@ impl Client {
         };
         let response = self.streams.clone().list_stream_consumers(request).await?;
         Ok(response.into_inner().consumers)
+    }
+
+    /// Every shard lease of a consumer-group application (shards nobody ever took are not
+    /// listed). See [`crate::ConsumerGroup`] for the worker that uses these calls.
+    pub async fn list_leases(&self, stream: &str, application: &str) -> Result<Vec<Lease>, Error> {
+        let request = ListLeasesRequest {
+            stream_name: stream.to_owned(),
+            application: application.to_owned(),
+        };
+        Ok(self
+            .streams
+            .clone()
+            .list_leases(request)
+            .await?
+            .into_inner()
+            .leases)
+    }
+
+    /// Takes a shard lease if its epoch is still `request.expected_epoch` (and it is free,
+    /// expired, or `steal` is set); returns the lease as taken.
+    pub async fn take_lease(&self, request: TakeLeaseRequest) -> Result<Lease, Error> {
+        let shard = request.shard_id.clone();
+        let response = self.streams.clone().take_lease(request).await?;
+        response.into_inner().lease.ok_or_else(|| {
+            Error::UnexpectedResponse(format!("TakeLease of {shard} returned no lease"))
+        })
+    }
+
+    /// Extends the leases the owner still holds; returns every lease of the application.
+    pub async fn renew_leases(&self, request: RenewLeasesRequest) -> Result<Vec<Lease>, Error> {
+        Ok(self
+            .streams
+            .clone()
+            .renew_leases(request)
+            .await?
+            .into_inner()
+            .leases)
+    }
+
+    /// Gives a held lease up so another worker can take it at once.
+    pub async fn release_lease(&self, request: ReleaseLeaseRequest) -> Result<(), Error> {
+        self.streams.clone().release_lease(request).await?;
+        Ok(())
+    }
+
+    /// Records a held lease's checkpoint (LeaseLost if the lease was taken over).
+    pub async fn checkpoint(&self, request: CheckpointRequest) -> Result<Lease, Error> {
+        let shard = request.shard_id.clone();
+        let response = self.streams.clone().checkpoint(request).await?;
+        response.into_inner().lease.ok_or_else(|| {
+            Error::UnexpectedResponse(format!("Checkpoint of {shard} returned no lease"))
+        })
     }
 
     /// Polls DescribeStreamConsumer until the consumer is ACTIVE (subscriptions are accepted)

@@ -571,6 +571,42 @@ impl StreamService for FakeTributary {
         let consumers = self.state().consumers.values().cloned().collect();
         Ok(Response::new(ListStreamConsumersResponse { consumers }))
     }
+
+    // Consumer-group leases are tested against real nodes (tests/tests/consumer_groups.rs).
+    async fn list_leases(
+        &self,
+        _: Request<tributary_proto::v1::ListLeasesRequest>,
+    ) -> Result<Response<tributary_proto::v1::ListLeasesResponse>, Status> {
+        Err(Status::unimplemented("leases are not faked"))
+    }
+
+    async fn take_lease(
+        &self,
+        _: Request<tributary_proto::v1::TakeLeaseRequest>,
+    ) -> Result<Response<tributary_proto::v1::TakeLeaseResponse>, Status> {
+        Err(Status::unimplemented("leases are not faked"))
+    }
+
+    async fn renew_leases(
+        &self,
+        _: Request<tributary_proto::v1::RenewLeasesRequest>,
+    ) -> Result<Response<tributary_proto::v1::RenewLeasesResponse>, Status> {
+        Err(Status::unimplemented("leases are not faked"))
+    }
+
+    async fn release_lease(
+        &self,
+        _: Request<tributary_proto::v1::ReleaseLeaseRequest>,
+    ) -> Result<Response<tributary_proto::v1::ReleaseLeaseResponse>, Status> {
+        Err(Status::unimplemented("leases are not faked"))
+    }
+
+    async fn checkpoint(
+        &self,
+        _: Request<tributary_proto::v1::CheckpointRequest>,
+    ) -> Result<Response<tributary_proto::v1::CheckpointResponse>, Status> {
+        Err(Status::unimplemented("leases are not faked"))
+    }
 }
 
 #[tonic::async_trait]

@@ -31,6 +31,7 @@ pub fn error_code_name(code: v1::ErrorCode) -> &'static str {
         ErrorCode::Unavailable => "Unavailable",
         ErrorCode::DataCorruption => "DataCorruption",
         ErrorCode::ShardClosed => "ShardClosed",
+        ErrorCode::LeaseLost => "LeaseLost",
     }
 }
 
@@ -48,6 +49,7 @@ pub fn error_code_from_name(name: &str) -> Option<v1::ErrorCode> {
         ErrorCode::Unavailable,
         ErrorCode::DataCorruption,
         ErrorCode::ShardClosed,
+        ErrorCode::LeaseLost,
     ]
     .into_iter()
     .find(|code| error_code_name(*code) == name)

@@ -55,6 +55,10 @@ impl ApiError {
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(ErrorCode::InternalFailure, message)
     }
+    /// A consumer-group lease the caller no longer holds.
+    pub fn lease_lost(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::LeaseLost, message)
+    }
     /// Stored data failed its checksum.
     pub fn corruption(message: impl Into<String>) -> Self {
         Self::new(ErrorCode::DataCorruption, message)
@@ -69,7 +73,7 @@ impl From<ApiError> for tonic::Status {
             ErrorCode::ResourceInUse => tonic::Code::FailedPrecondition,
             ErrorCode::LimitExceeded => tonic::Code::ResourceExhausted,
             ErrorCode::ProvisionedThroughputExceeded => tonic::Code::ResourceExhausted,
-            ErrorCode::ExpiredIterator => tonic::Code::FailedPrecondition,
+            ErrorCode::ExpiredIterator | ErrorCode::LeaseLost => tonic::Code::FailedPrecondition,
             ErrorCode::Unavailable | ErrorCode::ShardClosed => tonic::Code::Unavailable,
             ErrorCode::DataCorruption => tonic::Code::DataLoss,
             ErrorCode::InternalFailure | ErrorCode::Unspecified => tonic::Code::Internal,

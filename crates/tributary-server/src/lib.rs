@@ -6,6 +6,7 @@
 pub mod clock;
 pub mod config;
 pub mod error;
+pub mod idempotence;
 pub mod identity;
 pub mod iterator;
 pub mod metadata;

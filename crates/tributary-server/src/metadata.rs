@@ -135,6 +135,111 @@ pub enum MetadataCommand {
         /// Consumer name.
         consumer: String,
     },
+    /// A consumer-group worker takes a shard's lease (compare-and-set on the epoch).
+    TakeLease {
+        /// Which stream, application and shard.
+        lease: LeaseKey,
+        /// The worker taking it.
+        owner: String,
+        /// The epoch the worker saw; the take fails if it changed since.
+        expected_epoch: u64,
+        /// Take it from a live owner too (rebalancing).
+        steal: bool,
+        /// The proposer's clock.
+        now_ms: i64,
+        /// How long the lease runs without renewal.
+        lease_ms: u64,
+    },
+    /// A worker extends the leases it still holds (owner and epoch unchanged).
+    RenewLeases {
+        /// Stream name.
+        name: String,
+        /// Application name.
+        application: String,
+        /// The worker.
+        owner: String,
+        /// `(shard index, epoch)` of each lease to extend.
+        leases: Vec<(u32, u64)>,
+        /// The proposer's clock.
+        now_ms: i64,
+        /// How long the leases run from now.
+        lease_ms: u64,
+    },
+    /// A worker gives a lease up (graceful shutdown, rebalancing).
+    ReleaseLease {
+        /// Which lease.
+        lease: LeaseKey,
+        /// The worker.
+        owner: String,
+        /// The epoch it holds.
+        epoch: u64,
+    },
+    /// A lease holder records how far the application has processed the shard.
+    Checkpoint {
+        /// Which lease.
+        lease: LeaseKey,
+        /// The worker.
+        owner: String,
+        /// The epoch it holds.
+        epoch: u64,
+        /// The new checkpoint.
+        position: CheckpointPosition,
+    },
+}
+
+/// One lease: a consumer application's claim on one shard of a stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseKey {
+    /// Stream name.
+    pub name: String,
+    /// Application name.
+    pub application: String,
+    /// Shard index.
+    pub shard: u32,
+}
+
+/// How far an application has processed a shard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CheckpointPosition {
+    /// Every record up to and including this sequence number.
+    Sequence(#[serde(with = "decimal_u128")] u128),
+    /// The whole (closed) shard.
+    ShardEnd,
+}
+
+/// A shard lease of a consumer application (consumer groups).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseMeta {
+    /// The worker holding it; `None` once released (or never taken).
+    pub owner: Option<String>,
+    /// Grows by one with every take; fences checkpoints from earlier holders.
+    pub epoch: u64,
+    /// When the lease lapses unless renewed (proposer clock, ms since epoch).
+    pub expires_at_ms: i64,
+    /// The application's progress in the shard.
+    pub checkpoint: Option<CheckpointPosition>,
+}
+
+impl LeaseMeta {
+    /// Whether `owner` holds the lease at `epoch` (an expired lease nobody took yet still
+    /// counts: its holder may checkpoint and renew it, as in the Kinesis Client Library).
+    fn held_by(&self, owner: &str, epoch: u64) -> bool {
+        self.owner.as_deref() == Some(owner) && self.epoch == epoch
+    }
+}
+
+/// u128 as a decimal string in JSON (log entries and snapshots), which has no 128-bit numbers.
+mod decimal_u128 {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(value: &u128, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&value.to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u128, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
 }
 
 /// Cluster-wide limits, carried in commands so `apply` stays deterministic when an
@@ -371,6 +476,9 @@ pub struct StreamMeta {
     /// Registered enhanced fan-out consumers by name.
     #[serde(default)]
     pub consumers: BTreeMap<String, ConsumerMeta>,
+    /// Consumer-group applications reading the stream: their shard leases by shard index.
+    #[serde(default)]
+    pub applications: BTreeMap<String, BTreeMap<u32, LeaseMeta>>,
 }
 
 /// A registered enhanced fan-out consumer.
@@ -628,6 +736,49 @@ impl MetadataState {
             .ok_or_else(|| ApiError::not_found(format!("stream {name} does not exist")))
     }
 
+    /// An application's lease of a visible shard, made (free, epoch 0) on first use.
+    fn lease_mut(&mut self, key: &LeaseKey) -> Result<&mut LeaseMeta, ApiError> {
+        let stream = self.stream_mut(&key.name)?;
+        let visible = stream
+            .shard(key.shard)
+            .is_some_and(|shard| shard.state != ShardState::Pending);
+        if !visible {
+            return Err(ApiError::not_found(format!(
+                "stream {} has no shard {}",
+                key.name,
+                shard_id(key.shard)
+            )));
+        }
+        Ok(stream
+            .applications
+            .entry(key.application.clone())
+            .or_default()
+            .entry(key.shard)
+            .or_default())
+    }
+
+    /// The lease if `owner` holds it at `epoch`, else LeaseLost.
+    fn held_lease_mut(
+        &mut self,
+        key: &LeaseKey,
+        owner: &str,
+        epoch: u64,
+    ) -> Result<&mut LeaseMeta, ApiError> {
+        let current = self.lease_mut(key)?;
+        if !current.held_by(owner, epoch) {
+            return Err(ApiError::lease_lost(format!(
+                "{owner} no longer holds the lease of {} (epoch {epoch}); it is {} at epoch {}",
+                shard_id(key.shard),
+                match &current.owner {
+                    Some(other) => format!("held by {other}"),
+                    None => "free".to_string(),
+                },
+                current.epoch
+            )));
+        }
+        Ok(current)
+    }
+
     /// A stream by incarnation id.
     pub fn stream_by_id(&self, stream_id: u64) -> Option<&StreamMeta> {
         self.streams.values().find(|s| s.stream_id == stream_id)
@@ -799,8 +950,108 @@ impl MetadataState {
                         }
                         _ => true,
                     });
+                    let shards = &stream.shards;
+                    for leases in stream.applications.values_mut() {
+                        leases.retain(|index, _| shards.iter().any(|s| s.shard_index == *index));
+                    }
                 }
                 MetadataOutcome::Ok
+            }
+            MetadataCommand::TakeLease {
+                lease,
+                owner,
+                expected_epoch,
+                steal,
+                now_ms,
+                lease_ms,
+            } => MetadataOutcome::from_result(self.lease_mut(lease).and_then(|current| {
+                if current.epoch != *expected_epoch {
+                    return Err(ApiError::in_use(format!(
+                        "the lease of {} was taken since epoch {expected_epoch} (it is at epoch {})",
+                        shard_id(lease.shard),
+                        current.epoch
+                    )));
+                }
+                let live = current.owner.is_some() && current.expires_at_ms > *now_ms;
+                if live && !steal && current.owner.as_deref() != Some(owner.as_str()) {
+                    return Err(ApiError::in_use(format!(
+                        "the lease of {} is held by {} until it expires",
+                        shard_id(lease.shard),
+                        current.owner.as_deref().unwrap_or_default()
+                    )));
+                }
+                current.owner = Some(owner.clone());
+                current.epoch += 1;
+                current.expires_at_ms = expiry(*now_ms, *lease_ms);
+                Ok(())
+            })),
+            MetadataCommand::RenewLeases {
+                name,
+                application,
+                owner,
+                leases,
+                now_ms,
+                lease_ms,
+            } => MetadataOutcome::from_result(self.stream_mut(name).map(|stream| {
+                if let Some(table) = stream.applications.get_mut(application) {
+                    for (shard, epoch) in leases {
+                        if let Some(current) = table.get_mut(shard) {
+                            if current.held_by(owner, *epoch) {
+                                current.expires_at_ms = expiry(*now_ms, *lease_ms);
+                            }
+                        }
+                    }
+                }
+            })),
+            MetadataCommand::ReleaseLease {
+                lease,
+                owner,
+                epoch,
+            } => MetadataOutcome::from_result(self.held_lease_mut(lease, owner, *epoch).map(
+                |current| {
+                    current.owner = None;
+                    current.expires_at_ms = 0;
+                },
+            )),
+            MetadataCommand::Checkpoint {
+                lease,
+                owner,
+                epoch,
+                position,
+            } => {
+                let closed = self
+                    .stream(&lease.name)
+                    .ok()
+                    .and_then(|stream| stream.shard(lease.shard))
+                    .is_some_and(|shard| matches!(shard.state, ShardState::Closed { .. }));
+                MetadataOutcome::from_result(self.held_lease_mut(lease, owner, *epoch).and_then(
+                    |current| {
+                        let id = shard_id(lease.shard);
+                        match (current.checkpoint, *position) {
+                            (Some(CheckpointPosition::ShardEnd), CheckpointPosition::Sequence(_)) => {
+                                return Err(ApiError::invalid(format!(
+                                    "{id} is already checkpointed at its end; checkpoints never move back"
+                                )))
+                            }
+                            (
+                                Some(CheckpointPosition::Sequence(old)),
+                                CheckpointPosition::Sequence(new),
+                            ) if new < old => {
+                                return Err(ApiError::invalid(format!(
+                                    "checkpoint {new} of {id} is below the current checkpoint {old}; checkpoints never move back"
+                                )))
+                            }
+                            (_, CheckpointPosition::ShardEnd) if !closed => {
+                                return Err(ApiError::invalid(format!(
+                                    "{id} is open; only a closed shard can be checkpointed at its end"
+                                )))
+                            }
+                            _ => {}
+                        }
+                        current.checkpoint = Some(*position);
+                        Ok(())
+                    },
+                ))
             }
         }
     }
@@ -863,6 +1114,7 @@ impl MetadataState {
                 tags: tags.clone(),
                 reshard: None,
                 consumers: BTreeMap::new(),
+                applications: BTreeMap::new(),
             },
         );
         Ok(())
@@ -969,6 +1221,11 @@ impl MetadataState {
             .values()
             .flat_map(|s| s.shards.iter().map(move |shard| (s, shard)))
     }
+}
+
+/// When a lease taken or renewed at `now_ms` for `lease_ms` lapses.
+fn expiry(now_ms: i64, lease_ms: u64) -> i64 {
+    now_ms.saturating_add(i64::try_from(lease_ms).unwrap_or(i64::MAX))
 }
 
 fn add_children(stream: &mut StreamMeta, children: &[ChildSpec], next_group: &mut GroupId) {
@@ -1304,6 +1561,177 @@ mod tests {
         let stream = state.stream("old").expect("exists");
         assert_eq!(stream.retention_ms, 48 * 3600 * 1000);
         assert_eq!(stream.open_shards().len(), 2);
+    }
+
+    fn key(shard: u32) -> LeaseKey {
+        LeaseKey {
+            name: "s".into(),
+            application: "app".into(),
+            shard,
+        }
+    }
+
+    fn take(
+        owner: &str,
+        shard: u32,
+        expected_epoch: u64,
+        steal: bool,
+        now_ms: i64,
+    ) -> MetadataCommand {
+        MetadataCommand::TakeLease {
+            lease: key(shard),
+            owner: owner.into(),
+            expected_epoch,
+            steal,
+            now_ms,
+            lease_ms: 1_000,
+        }
+    }
+
+    fn checkpoint(owner: &str, epoch: u64, position: CheckpointPosition) -> MetadataCommand {
+        MetadataCommand::Checkpoint {
+            lease: key(0),
+            owner: owner.into(),
+            epoch,
+            position,
+        }
+    }
+
+    fn lease(state: &MetadataState, shard: u32) -> LeaseMeta {
+        state.streams["s"].applications["app"][&shard].clone()
+    }
+
+    fn code(outcome: MetadataOutcome) -> Option<ErrorCode> {
+        outcome.into_result().err().map(|e| e.code)
+    }
+
+    #[test]
+    fn a_lease_is_taken_by_one_worker_until_it_expires_or_is_stolen() {
+        let mut state = active(2, 10);
+        assert_eq!(code(state.apply(&take("a", 0, 0, false, 100))), None);
+        assert_eq!(lease(&state, 0).epoch, 1);
+        assert_eq!(lease(&state, 0).expires_at_ms, 1_100);
+        // A second take naming the same (now stale) epoch loses the compare-and-set.
+        assert_eq!(
+            code(state.apply(&take("b", 0, 0, false, 200))),
+            Some(ErrorCode::ResourceInUse)
+        );
+        // Live and not stolen: refused; stolen: taken.
+        assert_eq!(
+            code(state.apply(&take("b", 0, 1, false, 200))),
+            Some(ErrorCode::ResourceInUse)
+        );
+        assert_eq!(code(state.apply(&take("b", 0, 1, true, 200))), None);
+        assert_eq!(lease(&state, 0).owner.as_deref(), Some("b"));
+        assert_eq!(lease(&state, 0).epoch, 2);
+        // Renewing a lost lease does nothing; renewing a held one moves its expiry.
+        let renew = |owner: &str, epoch: u64, now_ms: i64| MetadataCommand::RenewLeases {
+            name: "s".into(),
+            application: "app".into(),
+            owner: owner.into(),
+            leases: vec![(0, epoch)],
+            now_ms,
+            lease_ms: 1_000,
+        };
+        state.apply(&renew("a", 1, 900));
+        assert_eq!(lease(&state, 0).expires_at_ms, 1_200);
+        state.apply(&renew("b", 2, 900));
+        assert_eq!(lease(&state, 0).expires_at_ms, 1_900);
+        // Expired: anyone may take it without stealing.
+        assert_eq!(code(state.apply(&take("a", 0, 2, false, 2_000))), None);
+        assert_eq!(lease(&state, 0).epoch, 3);
+        // No such shard.
+        assert_eq!(
+            code(state.apply(&take("a", 7, 0, false, 2_000))),
+            Some(ErrorCode::ResourceNotFound)
+        );
+    }
+
+    #[test]
+    fn checkpoints_are_fenced_by_epoch_and_never_move_back() {
+        let mut state = active(1, 10);
+        state.apply(&take("a", 0, 0, false, 0));
+        let seq = |n: u128| CheckpointPosition::Sequence(n);
+        assert_eq!(code(state.apply(&checkpoint("a", 1, seq(10)))), None);
+        assert_eq!(
+            code(state.apply(&checkpoint("a", 1, seq(9)))),
+            Some(ErrorCode::InvalidArgument)
+        );
+        assert_eq!(code(state.apply(&checkpoint("a", 1, seq(10)))), None);
+        // An open shard cannot be checkpointed at its end.
+        assert_eq!(
+            code(state.apply(&checkpoint("a", 1, CheckpointPosition::ShardEnd))),
+            Some(ErrorCode::InvalidArgument)
+        );
+        // b steals the lease: a's checkpoint is refused and changes nothing.
+        state.apply(&take("b", 0, 1, true, 10));
+        assert_eq!(
+            code(state.apply(&checkpoint("a", 1, seq(50)))),
+            Some(ErrorCode::LeaseLost)
+        );
+        assert_eq!(lease(&state, 0).checkpoint, Some(seq(10)));
+        assert_eq!(code(state.apply(&checkpoint("b", 2, seq(20)))), None);
+        // Released: the old holder can neither checkpoint nor release again.
+        let release = |owner: &str, epoch: u64| MetadataCommand::ReleaseLease {
+            lease: key(0),
+            owner: owner.into(),
+            epoch,
+        };
+        assert_eq!(code(state.apply(&release("b", 2))), None);
+        assert_eq!(lease(&state, 0).owner, None);
+        assert_eq!(
+            code(state.apply(&checkpoint("b", 2, seq(30)))),
+            Some(ErrorCode::LeaseLost)
+        );
+        assert_eq!(
+            code(state.apply(&release("b", 2))),
+            Some(ErrorCode::LeaseLost)
+        );
+        // The next taker continues from the checkpoint at the next epoch.
+        assert_eq!(code(state.apply(&take("c", 0, 2, false, 20))), None);
+        assert_eq!(lease(&state, 0).epoch, 3);
+        assert_eq!(lease(&state, 0).checkpoint, Some(seq(20)));
+    }
+
+    #[test]
+    fn leases_survive_a_json_round_trip_and_go_with_their_shard() {
+        let mut state = active(1, 10);
+        state.apply(&take("a", 0, 0, false, 0));
+        let big = u128::MAX - 5;
+        state.apply(&checkpoint("a", 1, CheckpointPosition::Sequence(big)));
+        let json = serde_json::to_vec(&state).expect("encode");
+        let back: MetadataState = serde_json::from_slice(&json).expect("decode");
+        assert_eq!(
+            lease(&back, 0).checkpoint,
+            Some(CheckpointPosition::Sequence(big))
+        );
+        // A split closes shard 0; once it expires and is dropped, its lease goes too.
+        start(
+            &mut state,
+            ReshardPlan::Split {
+                shard: 0,
+                at: 1 << 127,
+            },
+            10,
+        )
+        .expect("split");
+        run_to_end(&mut state);
+        assert_eq!(
+            code(state.apply(&checkpoint("a", 1, CheckpointPosition::ShardEnd))),
+            None
+        );
+        assert_eq!(
+            code(state.apply(&checkpoint("a", 1, CheckpointPosition::Sequence(big)))),
+            Some(ErrorCode::InvalidArgument)
+        );
+        let id = state.streams["s"].stream_id;
+        let drop = MetadataCommand::DropExpiredShards {
+            stream_id: id,
+            shard_indexes: vec![0],
+            now_ms: i64::MAX,
+        };
+        state.apply(&drop);
+        assert!(!state.streams["s"].applications["app"].contains_key(&0));
     }
 
     #[test]

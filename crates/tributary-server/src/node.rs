@@ -46,6 +46,10 @@ pub struct ShardGroup {
     pub log: GroupLogStore,
     /// Applied position; readers never read past it.
     pub tip: watch::Receiver<ShardTip>,
+    /// Idempotent producers' newest applied requests.
+    producers: crate::idempotence::ProducerView,
+    /// Idempotent requests this node (as leader) is appending.
+    in_flight: Arc<crate::idempotence::InFlight>,
     /// Whether the group is quiesced here (no ticks, heartbeats or election timer).
     quiet: AtomicBool,
     /// Last client activity or log growth seen, for quiescence.
@@ -772,6 +776,74 @@ impl Node {
         if group.tip.borrow().sealed_index.is_some() {
             return Err(shard_closed(group.shard_index));
         }
+        let Some(stamp) = batch.producer else {
+            return self.propose_append(group, batch).await;
+        };
+        use crate::idempotence::{decide, wait, Claim, Decision};
+        let leader = with_metrics(&group.raft, |m| m.current_leader);
+        if leader != Some(self.config.node_id) {
+            return Ok(LocalWrite::NotLeader(leader));
+        }
+        // Every entry an earlier leader committed must be in the table first.
+        self.wait_applied_own_term(group).await?;
+        // Claim before reading the table: a same-numbered request that finished before the
+        // claim is in the table (applied before it was answered); one still running is
+        // waited for.
+        match group.in_flight.claim(stamp) {
+            Claim::Wait(outcome) => wait(outcome).await.map(LocalWrite::Done),
+            Claim::Mine(guard) => {
+                let shard = crate::metadata::shard_id(group.shard_index);
+                let recent = group
+                    .producers
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get(&stamp.id)
+                    .cloned();
+                let decision = decide(recent.as_ref(), stamp, batch.records.len(), &shard);
+                let result = match decision {
+                    Ok(Decision::Duplicate(index)) => Ok(LocalWrite::Done(index)),
+                    Ok(Decision::Append) => self.propose_append(group, batch).await,
+                    Err(err) => Err(err),
+                };
+                if let Ok(LocalWrite::Done(index)) = &result {
+                    guard.finish(&Ok(*index));
+                } else if let Err(err) = &result {
+                    guard.finish(&Err(err.clone()));
+                }
+                result
+            }
+        }
+    }
+
+    /// Waits (bounded) until this leader has applied an entry of its own term: then every
+    /// entry of earlier terms that can ever commit has been applied here.
+    async fn wait_applied_own_term(&self, group: &ShardGroup) -> Result<(), ApiError> {
+        let deadline = tokio::time::Instant::now()
+            + Duration::from_millis(self.config.election_timeout_max_ms * 3);
+        loop {
+            let caught_up = with_metrics(&group.raft, |m| {
+                m.last_applied
+                    .as_ref()
+                    .is_some_and(|id| id.leader_id.term == m.current_term)
+            });
+            if caught_up {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ApiError::unavailable(format!(
+                    "shard {}'s new leader has not caught up yet; retry",
+                    crate::metadata::shard_id(group.shard_index)
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
+    async fn propose_append(
+        &self,
+        group: &ShardGroup,
+        batch: RecordBatch,
+    ) -> Result<LocalWrite<u64>, ApiError> {
         if let Some(quota) = &group.quota {
             let bytes: usize = batch
                 .records
@@ -1136,7 +1208,8 @@ impl Node {
             )
         })?;
         tracing::info!(group, stream_id, shard_index, ?report, "shard log opened");
-        let (sm, tip) = GroupStateMachine::shard(group, self.meta_store.clone(), log.clone())?;
+        let (sm, tip, producers) =
+            GroupStateMachine::shard(group, self.meta_store.clone(), log.clone())?;
         let raft = Raft::new(
             self.config.node_id,
             raft_config(&self.config, group)?,
@@ -1153,6 +1226,8 @@ impl Node {
             raft,
             log,
             tip,
+            producers,
+            in_flight: Default::default(),
             quiet: AtomicBool::new(false),
             activity: std::sync::Mutex::new((std::time::Instant::now(), None)),
             quiet_leader: std::sync::Mutex::new(None),

@@ -42,6 +42,44 @@ pub fn consumer_name(name: &str) -> Result<(), ApiError> {
     resource_name("consumer", name)
 }
 
+/// Checks a consumer-group application name (the stream name rule).
+pub fn application_name(name: &str) -> Result<(), ApiError> {
+    resource_name("application", name)
+}
+
+/// Longest lease owner (worker id) in characters.
+pub const LEASE_OWNER_MAX_CHARS: usize = 256;
+/// Shortest lease duration.
+pub const LEASE_MIN_MS: u64 = 500;
+/// Longest lease duration.
+pub const LEASE_MAX_MS: u64 = 600_000;
+
+/// Checks a lease owner (worker id): 1-256 printable ASCII characters.
+pub fn lease_owner(owner: &str) -> Result<(), ApiError> {
+    if owner.is_empty() || owner.len() > LEASE_OWNER_MAX_CHARS {
+        return Err(ApiError::invalid(format!(
+            "lease owner is {} characters; it must be 1-{LEASE_OWNER_MAX_CHARS} printable ASCII characters",
+            owner.chars().count()
+        )));
+    }
+    if let Some(bad) = owner.chars().find(|c| !c.is_ascii_graphic()) {
+        return Err(ApiError::invalid(format!(
+            "lease owner {owner:?} contains {bad:?}; only printable ASCII without spaces is allowed"
+        )));
+    }
+    Ok(())
+}
+
+/// Checks a lease duration.
+pub fn lease_ms(ms: u64) -> Result<u64, ApiError> {
+    if !(LEASE_MIN_MS..=LEASE_MAX_MS).contains(&ms) {
+        return Err(ApiError::invalid(format!(
+            "lease duration {ms} ms is outside {LEASE_MIN_MS}-{LEASE_MAX_MS} ms"
+        )));
+    }
+    Ok(ms)
+}
+
 /// `[a-zA-Z0-9_.-]{1,128}`, with `kind` naming the thing in the message.
 fn resource_name(kind: &str, name: &str) -> Result<(), ApiError> {
     if name.is_empty() {

@@ -1,6 +1,7 @@
 //! One module per `trib` command group.
 
 pub mod cluster;
+pub mod consume;
 pub mod consumer;
 pub mod get;
 pub mod put;

@@ -3,7 +3,7 @@
 use std::io::{BufRead, Write};
 
 use clap::Args;
-use tributary_client::{put_all, PutOptions};
+use tributary_client::{Producer, ProducerOptions};
 
 use super::Context;
 use crate::hash_key::parse_hash_key;
@@ -62,25 +62,50 @@ pub async fn run(context: &Context, args: PutArgs) -> anyhow::Result<()> {
         total,
         source,
     })?;
-    let summary = put_all(&client, &args.stream, records, &PutOptions::default())
-        .await
-        .map_err(|error| PartialPut {
-            acknowledged: error.acknowledged,
-            total: error.total,
-            source: error.source,
-        })?;
+    // Idempotent, batched per shard, one request in flight per shard (so each key's
+    // records keep their order), retried with backoff.
+    let producer = Producer::new(&client, ProducerOptions::default());
+    let mut deliveries = Vec::with_capacity(total);
+    for (key, data, explicit_hash_key) in records {
+        let delivery = producer
+            .send_with_hash_key(&args.stream, &key, data, explicit_hash_key)
+            .await;
+        deliveries.push(delivery);
+    }
+    let mut results = Vec::with_capacity(total);
+    let mut first_error = None;
+    for delivery in deliveries {
+        let outcome = match delivery {
+            Ok(delivery) => delivery.await,
+            Err(err) => Err(err),
+        };
+        match outcome {
+            Ok(receipt) => results.push(receipt),
+            Err(err) => {
+                first_error.get_or_insert(err);
+            }
+        }
+    }
     if context.output == OutputFormat::Json {
         let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-        for (shard_id, sequence_number) in &summary.results {
+        for receipt in &results {
             let view = PutResultView {
-                shard_id,
-                sequence_number,
+                shard_id: &receipt.shard_id,
+                sequence_number: &receipt.sequence_number,
             };
             write_json_line(&mut out, &view)?;
         }
         out.flush()?;
     }
-    eprintln!("{}", acknowledged_line(summary.acknowledged, None));
+    if let Some(source) = first_error {
+        return Err(PartialPut {
+            acknowledged: results.len(),
+            total,
+            source,
+        }
+        .into());
+    }
+    eprintln!("{}", acknowledged_line(results.len(), None));
     Ok(())
 }
 

@@ -54,6 +54,28 @@ pub struct RecordBatch {
     pub arrival_ms: i64,
     /// The records in arrival order.
     pub records: Vec<StoredRecord>,
+    /// Set by an idempotent producer: the shard appends one request number once.
+    pub producer: Option<ProducerStamp>,
+}
+
+/// An idempotent producer's id and request number (see `PutRecordsRequest`).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ProducerStamp {
+    /// Random non-zero id chosen by the producer.
+    pub id: u64,
+    /// The producer's request number, growing across all shards.
+    pub sequence: u64,
+}
+
+/// The newest request of one producer a shard appended.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ProducerLast {
+    /// Its request number.
+    pub sequence: u64,
+    /// The log index it was appended at.
+    pub index: u64,
+    /// How many records it had.
+    pub count: u32,
 }
 
 /// A record as stored.

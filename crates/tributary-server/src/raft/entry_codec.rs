@@ -9,6 +9,7 @@
 //! kind 2 append:     arrival_ms i64 | count u32 | count x (key_len u16 | key | data_len u32 | data)
 //! kind 3 metadata:   JSON of MetadataCommand
 //! kind 4 shard:      JSON of ShardControl (seal, trim)
+//! kind 5 idempotent append: producer_id u64 | producer_sequence u64 | (kind 2 body)
 //! ```
 //! `entry_format` lets a later release read entries written by this one (rolling upgrades).
 
@@ -18,7 +19,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use openraft::entry::RaftEntry;
 use openraft::EntryPayload;
 
-use super::{Command, Entry, LogId, RecordBatch, StoredRecord};
+use super::{Command, Entry, LogId, ProducerStamp, RecordBatch, StoredRecord};
 
 const ENTRY_FORMAT: u8 = 1;
 const KIND_BLANK: u8 = 0;
@@ -26,6 +27,7 @@ const KIND_MEMBERSHIP: u8 = 1;
 const KIND_APPEND: u8 = 2;
 const KIND_METADATA: u8 = 3;
 const KIND_SHARD: u8 = 4;
+const KIND_APPEND_IDEMPOTENT: u8 = 5;
 
 fn invalid(detail: impl Into<String>) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, detail.into())
@@ -54,13 +56,23 @@ pub fn encode(entry: &Entry) -> io::Result<tributary_log::Batch> {
             (now_ms(), 0)
         }
         EntryPayload::Normal(Command::Append(batch)) => {
-            buf.put_u8(KIND_APPEND);
             let size: usize = batch
                 .records
                 .iter()
                 .map(|r| 6 + r.partition_key.len() + r.data.len())
                 .sum();
-            buf.reserve(12 + size);
+            match batch.producer {
+                None => {
+                    buf.put_u8(KIND_APPEND);
+                    buf.reserve(12 + size);
+                }
+                Some(stamp) => {
+                    buf.put_u8(KIND_APPEND_IDEMPOTENT);
+                    buf.reserve(28 + size);
+                    buf.put_u64_le(stamp.id);
+                    buf.put_u64_le(stamp.sequence);
+                }
+            }
             buf.put_i64_le(batch.arrival_ms);
             buf.put_u32_le(batch.records.len() as u32);
             for record in &batch.records {
@@ -125,7 +137,9 @@ pub fn decode(batch: &tributary_log::Batch) -> io::Result<Entry> {
         KIND_MEMBERSHIP => EntryPayload::Membership(
             serde_json::from_slice(&payload).map_err(|e| invalid(e.to_string()))?,
         ),
-        KIND_APPEND => EntryPayload::Normal(Command::Append(decode_records(payload, batch.index)?)),
+        KIND_APPEND | KIND_APPEND_IDEMPOTENT => {
+            EntryPayload::Normal(Command::Append(decode_records(kind, payload, batch.index)?))
+        }
         KIND_METADATA => EntryPayload::Normal(Command::Metadata(
             serde_json::from_slice(&payload).map_err(|e| invalid(e.to_string()))?,
         )),
@@ -152,14 +166,27 @@ pub fn decode_record_batch(batch: &tributary_log::Batch) -> io::Result<Option<Re
         )));
     }
     payload.advance(17);
-    if payload.get_u8() != KIND_APPEND {
-        return Ok(None);
+    match payload.get_u8() {
+        kind @ (KIND_APPEND | KIND_APPEND_IDEMPOTENT) => {
+            decode_records(kind, payload, batch.index).map(Some)
+        }
+        _ => Ok(None),
     }
-    decode_records(payload, batch.index).map(Some)
 }
 
-fn decode_records(mut body: Bytes, index: u64) -> io::Result<RecordBatch> {
+fn decode_records(kind: u8, mut body: Bytes, index: u64) -> io::Result<RecordBatch> {
     let short = || invalid(format!("entry {index}: record batch is truncated"));
+    let producer = if kind == KIND_APPEND_IDEMPOTENT {
+        if body.remaining() < 16 {
+            return Err(short());
+        }
+        Some(ProducerStamp {
+            id: body.get_u64_le(),
+            sequence: body.get_u64_le(),
+        })
+    } else {
+        None
+    };
     if body.remaining() < 12 {
         return Err(short());
     }
@@ -190,6 +217,7 @@ fn decode_records(mut body: Bytes, index: u64) -> io::Result<RecordBatch> {
     Ok(RecordBatch {
         arrival_ms,
         records,
+        producer,
     })
 }
 
@@ -217,10 +245,12 @@ mod tests {
             index in 1u64..u64::MAX,
             arrival_ms in any::<i64>(),
             records in proptest::collection::vec(("[a-z0-9]{1,20}", proptest::collection::vec(any::<u8>(), 0..200)), 0..20),
+            producer in proptest::option::of((1u64..u64::MAX, 1u64..u64::MAX)),
         ) {
             let batch = RecordBatch {
                 arrival_ms,
                 records: records.into_iter().map(|(k, d)| StoredRecord { partition_key: k, data: Bytes::from(d) }).collect(),
+                producer: producer.map(|(id, sequence)| ProducerStamp { id, sequence }),
             };
             let original = entry(index, EntryPayload::Normal(Command::Append(batch.clone())));
             let encoded = encode(&original).expect("encode");
@@ -304,6 +334,7 @@ mod tests {
                 partition_key: "k".into(),
                 data: Bytes::from_static(b"hello"),
             }],
+            producer: None,
         };
         let mut encoded =
             encode(&entry(1, EntryPayload::Normal(Command::Append(batch)))).expect("encode");

@@ -24,6 +24,8 @@ pub enum GroupKey {
     /// A shard group's newest snapshot (its retention trim point), written before openraft
     /// may purge the log below it.
     Snapshot,
+    /// A shard group's idempotent-producer table (see `idempotence`).
+    Producers,
 }
 
 impl GroupKey {
@@ -34,6 +36,7 @@ impl GroupKey {
             GroupKey::Purged => "purged",
             GroupKey::Applied => "applied",
             GroupKey::Snapshot => "snapshot",
+            GroupKey::Producers => "producers",
         }
     }
 }
@@ -107,6 +110,8 @@ impl MetaStore {
             GroupKey::Committed,
             GroupKey::Purged,
             GroupKey::Applied,
+            GroupKey::Snapshot,
+            GroupKey::Producers,
         ] {
             batch.delete(key(group, name));
         }

@@ -20,7 +20,9 @@ pub mod state_machine;
 use std::sync::Arc;
 
 use crate::config::NodeConfig;
-pub use command::{Command, CommandResponse, RecordBatch, ShardControl, StoredRecord};
+pub use command::{
+    Command, CommandResponse, ProducerLast, ProducerStamp, RecordBatch, ShardControl, StoredRecord,
+};
 
 openraft::declare_raft_types!(
     /// The raft type configuration shared by the metadata group and every shard group.

@@ -16,6 +16,7 @@ use tokio::sync::watch;
 use super::log_store::GroupLogStore;
 use super::meta_store::{GroupKey, MetaStore};
 use super::{Command, CommandResponse, GroupId, LogId, ShardControl, TypeConfig};
+use crate::idempotence::{self, ProducerTable, ProducerView};
 use crate::metadata::MetadataState;
 
 type Membership = StoredMembershipOf<TypeConfig>;
@@ -65,6 +66,8 @@ enum Kind {
     Shard {
         tip: watch::Sender<ShardTip>,
         log: GroupLogStore,
+        /// The applied idempotent-producer table, as the leader reads it.
+        producers: ProducerView,
     },
 }
 
@@ -79,6 +82,59 @@ struct AppliedState {
     /// (the snapshot a lagging replica installs is taken at the trim point).
     #[serde(default)]
     trim: Option<(LogId, Membership)>,
+    /// Shard groups: the newest requests of each idempotent producer (see `idempotence`).
+    /// Persisted apart from the applied position, every `PRODUCERS_PERSIST_EVERY` stamped
+    /// appends, and caught up from the log at open.
+    #[serde(skip)]
+    producers: ProducerTable,
+    /// Stamped appends applied since the table was last persisted.
+    #[serde(skip)]
+    producers_unsaved: u32,
+}
+
+/// How many idempotent appends may be applied before the producer table is written again
+/// (a restart re-reads at most this many entries' headers from the log to catch up).
+const PRODUCERS_PERSIST_EVERY: u32 = 256;
+
+/// The producer table as persisted: complete through `through_index`.
+#[derive(Default, Serialize, Deserialize)]
+struct StoredProducers {
+    through_index: u64,
+    table: ProducerTable,
+}
+
+/// Rebuilds the producer table of entries `(through, applied]` from the log (at open).
+fn catch_up_producers(
+    log: &GroupLogStore,
+    table: &mut ProducerTable,
+    through: u64,
+    applied: u64,
+) -> io::Result<()> {
+    let mut next = through
+        .saturating_add(1)
+        .max(log.log().first_index().unwrap_or(0));
+    while next <= applied {
+        let batches = match log.log().read(next, 256, 8 << 20) {
+            Ok(batches) => batches,
+            Err(tributary_log::LogError::Purged { first, .. }) => {
+                next = first;
+                continue;
+            }
+            Err(err) => return Err(io::Error::other(err.to_string())),
+        };
+        let Some(last) = batches.last().map(|b| b.index) else {
+            break;
+        };
+        for batch in batches.iter().filter(|b| b.index <= applied) {
+            if let Some(records) = super::entry_codec::decode_record_batch(batch)? {
+                if let Some(stamp) = records.producer {
+                    idempotence::record(table, stamp, batch.index, records.records.len() as u32);
+                }
+            }
+        }
+        next = last + 1;
+    }
+    Ok(())
 }
 
 impl AppliedState {
@@ -143,7 +199,7 @@ impl GroupStateMachine {
         group: GroupId,
         meta: Arc<MetaStore>,
         log: GroupLogStore,
-    ) -> io::Result<(Self, watch::Receiver<ShardTip>)> {
+    ) -> io::Result<(Self, watch::Receiver<ShardTip>, ProducerView)> {
         let mut restored: AppliedState = meta.get(group, GroupKey::Applied)?.unwrap_or_default();
         let snapshot: Option<StoredShardSnapshot> = meta.get(group, GroupKey::Snapshot)?;
         if let Some(snapshot) = snapshot {
@@ -156,12 +212,26 @@ impl GroupStateMachine {
                 restored.sealed = restored.sealed.or(snapshot.sealed);
             }
         }
+        let stored: StoredProducers = meta.get(group, GroupKey::Producers)?.unwrap_or_default();
+        restored.producers = stored.table;
+        let applied_index = restored.applied.as_ref().map_or(0, |id| id.index);
+        catch_up_producers(
+            &log,
+            &mut restored.producers,
+            stored.through_index,
+            applied_index,
+        )?;
         let tip = restored.tip(log.log().last_timestamp_ms().unwrap_or(0));
         let (tx, rx) = watch::channel(tip);
+        let producers: ProducerView = Arc::new(std::sync::Mutex::new(restored.producers.clone()));
         let inner = Inner {
             group,
             meta,
-            kind: Kind::Shard { tip: tx, log },
+            kind: Kind::Shard {
+                tip: tx,
+                log,
+                producers: producers.clone(),
+            },
             applied: tokio::sync::Mutex::new(restored),
         };
         Ok((
@@ -169,6 +239,7 @@ impl GroupStateMachine {
                 inner: Arc::new(inner),
             },
             rx,
+            producers,
         ))
     }
 }
@@ -268,6 +339,18 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
                     Some(index) => CommandResponse::Sealed { index },
                     None => {
                         last_record_ms = Some(batch.arrival_ms);
+                        if let (Some(stamp), Kind::Shard { producers, .. }) =
+                            (batch.producer, &self.inner.kind)
+                        {
+                            // Both before the response goes out: a retry that arrives once
+                            // the original was answered must find it in the table.
+                            let count = batch.records.len() as u32;
+                            let index = entry.log_id.index;
+                            idempotence::record(&mut applied.producers, stamp, index, count);
+                            applied.producers_unsaved += 1;
+                            let mut view = producers.lock().unwrap_or_else(|p| p.into_inner());
+                            idempotence::record(&mut view, stamp, index, count);
+                        }
                         CommandResponse::Applied
                     }
                 },
@@ -301,7 +384,7 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
             Kind::Metadata(shared) => {
                 shared.version.send_modify(|v| *v += 1);
             }
-            Kind::Shard { tip, log } => {
+            Kind::Shard { tip, log, .. } => {
                 let next = applied.tip(0);
                 tip.send_modify(|t| {
                     let last_record_ms = match last_record_ms {
@@ -323,6 +406,21 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
                     self.inner
                         .meta
                         .put(self.inner.group, GroupKey::Applied, &*applied, false)?;
+                    // Written after the applied position: a crash that keeps this write
+                    // kept the one before it (one WAL), so `through_index` <= applied.
+                    if applied.producers_unsaved >= PRODUCERS_PERSIST_EVERY {
+                        let stored = StoredProducers {
+                            through_index: next.applied_index,
+                            table: applied.producers.clone(),
+                        };
+                        self.inner.meta.put(
+                            self.inner.group,
+                            GroupKey::Producers,
+                            &stored,
+                            false,
+                        )?;
+                        applied.producers_unsaved = 0;
+                    }
                 }
             }
         }
@@ -348,7 +446,22 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
                 *shared.write() = state;
                 shared.version.send_modify(|v| *v += 1);
             }
-            Kind::Shard { tip, .. } => {
+            Kind::Shard { tip, producers, .. } => {
+                // The snapshot point is the retention trim point: producers whose newest
+                // request is older than retention are forgotten (see `idempotence`).
+                applied.producers.clear();
+                applied.producers_unsaved = 0;
+                producers.lock().unwrap_or_else(|p| p.into_inner()).clear();
+                let through_index = meta.last_log_id.map_or(0, |id| id.index);
+                self.inner.meta.put(
+                    self.inner.group,
+                    GroupKey::Producers,
+                    &StoredProducers {
+                        through_index,
+                        table: ProducerTable::new(),
+                    },
+                    false,
+                )?;
                 let data: ShardSnapshot = if snapshot.get_ref().is_empty() {
                     ShardSnapshot::default()
                 } else {

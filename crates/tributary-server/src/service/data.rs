@@ -14,7 +14,7 @@ use crate::error::ApiError;
 use crate::iterator::IteratorPosition;
 use crate::metadata::{parse_shard_id, ShardState, StreamMeta, StreamStatus};
 use crate::node::{Node, ShardGroup};
-use crate::raft::{RecordBatch, StoredRecord};
+use crate::raft::{ProducerStamp, RecordBatch, StoredRecord};
 use crate::reader;
 use crate::routing;
 use crate::sequence::SequenceNumber;
@@ -161,11 +161,12 @@ impl DataApi {
         &self,
         stream: &StreamMeta,
         mut routed: Vec<Routed>,
+        producer: Option<ProducerStamp>,
     ) -> Vec<pb::PutRecordsResultEntry> {
         let mut results = vec![pb::PutRecordsResultEntry::default(); routed.len()];
         let mut stream = stream.clone();
         for attempt in 0..=MAX_REROUTES {
-            let closed = self.put_once(&stream, routed, &mut results).await;
+            let closed = self.put_once(&stream, routed, producer, &mut results).await;
             let Some((closed_shards, entries)) = closed else {
                 break;
             };
@@ -207,6 +208,7 @@ impl DataApi {
         &self,
         stream: &StreamMeta,
         routed: Vec<Routed>,
+        producer: Option<ProducerStamp>,
         results: &mut [pb::PutRecordsResultEntry],
     ) -> Option<(Vec<u32>, Vec<Routed>)> {
         let mut by_shard: BTreeMap<u32, Vec<Routed>> = BTreeMap::new();
@@ -226,6 +228,7 @@ impl DataApi {
                     // Set by the shard's leader when it appends.
                     arrival_ms: 0,
                     records,
+                    producer,
                 };
                 let result = match self.shard_group(stream, shard_index) {
                     Ok(group) => self.node.append(&group, &batch).await,
@@ -417,7 +420,7 @@ impl DataService for DataApi {
             }
         }
         let result = self
-            .put(&stream, routed)
+            .put(&stream, routed, None)
             .await
             .into_iter()
             .next()
@@ -463,8 +466,24 @@ impl DataService for DataApi {
             ))
             .into());
         }
+        let producer = match (request.producer_id, request.producer_sequence) {
+            (0, 0) => None,
+            (0, _) => {
+                return Err(ApiError::invalid(
+                    "producer_sequence needs a producer_id (a random non-zero number)",
+                )
+                .into())
+            }
+            (_, 0) => {
+                return Err(ApiError::invalid(
+                    "producer_id needs a producer_sequence: number requests from 1",
+                )
+                .into())
+            }
+            (id, sequence) => Some(ProducerStamp { id, sequence }),
+        };
         let routed = Self::route(&stream, request.records)?;
-        let records = self.put(&stream, routed).await;
+        let records = self.put(&stream, routed, producer).await;
         let failed = records
             .iter()
             .filter(|r| r.error_code != pb::ErrorCode::Unspecified as i32)

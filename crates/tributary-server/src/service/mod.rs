@@ -3,6 +3,7 @@
 pub mod cluster;
 pub mod data;
 pub mod fanout;
+pub mod lease;
 pub mod peer;
 pub mod stream;
 

@@ -6,6 +6,7 @@ use tonic::{Request, Response, Status};
 use tributary_proto::v1 as pb;
 use tributary_proto::v1::stream_service_server::StreamService;
 
+use super::lease::Leases;
 use super::{stream_snapshot, timestamp};
 use crate::error::ApiError;
 use crate::metadata::{
@@ -18,12 +19,16 @@ use crate::validation;
 /// The control-plane service.
 pub struct StreamApi {
     node: Arc<Node>,
+    leases: Leases,
 }
 
 impl StreamApi {
     /// A service over a node.
     pub fn new(node: Arc<Node>) -> Self {
-        Self { node }
+        Self {
+            leases: Leases::new(node.clone()),
+            node,
+        }
     }
 
     fn summary(stream: &StreamMeta) -> pb::StreamSummary {
@@ -383,5 +388,55 @@ impl StreamService for StreamApi {
             .map(|name| Self::consumer(&stream, name))
             .collect::<Result<_, _>>()?;
         Ok(Response::new(pb::ListStreamConsumersResponse { consumers }))
+    }
+
+    async fn list_leases(
+        &self,
+        request: Request<pb::ListLeasesRequest>,
+    ) -> Result<Response<pb::ListLeasesResponse>, Status> {
+        self.leases
+            .list(request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn take_lease(
+        &self,
+        request: Request<pb::TakeLeaseRequest>,
+    ) -> Result<Response<pb::TakeLeaseResponse>, Status> {
+        self.leases
+            .take(request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn renew_leases(
+        &self,
+        request: Request<pb::RenewLeasesRequest>,
+    ) -> Result<Response<pb::RenewLeasesResponse>, Status> {
+        self.leases
+            .renew(request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn release_lease(
+        &self,
+        request: Request<pb::ReleaseLeaseRequest>,
+    ) -> Result<Response<pb::ReleaseLeaseResponse>, Status> {
+        self.leases
+            .release(request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn checkpoint(
+        &self,
+        request: Request<pb::CheckpointRequest>,
+    ) -> Result<Response<pb::CheckpointResponse>, Status> {
+        self.leases
+            .checkpoint(request.into_inner())
+            .await
+            .map(Response::new)
     }
 }
