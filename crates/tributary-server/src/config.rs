@@ -31,8 +31,7 @@ pub struct NodeConfig {
     /// (quiescence; node-level probes still detect a dead leader). 0 keeps every group
     /// awake, which costs heartbeats per group per follower.
     pub quiesce_after_ms: u64,
-    /// Prometheus endpoint. Reserved: this release serves no metrics yet, so setting it is
-    /// refused rather than silently ignored.
+    /// Where to serve Prometheus metrics (`GET /metrics`); none when unset.
     pub metrics_listen: Option<SocketAddr>,
     /// Shard iterators expire after this many milliseconds (Kinesis: 5 minutes). Shorter
     /// values let tests exercise expiry quickly; longer ones let slow consumers keep tokens.
@@ -132,9 +131,10 @@ impl NodeConfig {
                 "az is empty; name the availability zone, e.g. az-a".into(),
             ));
         }
-        if let Some(addr) = self.metrics_listen {
+        if self.metrics_listen == Some(self.listen) {
             return Err(ConfigInvalid(format!(
-                "metrics_listen ({addr}): this release has no Prometheus endpoint yet; remove the setting"
+                "metrics_listen ({}) is the same address as listen; the Prometheus endpoint needs a port of its own",
+                self.listen
             )));
         }
         if self.iterator_ttl_ms < 1000 {
@@ -311,13 +311,21 @@ mod tests {
     }
 
     #[test]
-    fn metrics_listen_is_refused_until_metrics_exist() {
+    fn metrics_listen_needs_its_own_port() {
+        let listen = SocketAddr::from(([127, 0, 0, 1], 7101));
         let config = NodeConfig {
-            metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9101))),
+            listen,
+            metrics_listen: Some(listen),
             ..Default::default()
         };
         let err = config.validate().expect_err("refused").to_string();
-        assert!(err.contains("no Prometheus endpoint yet"), "{err}");
+        assert!(err.contains("needs a port of its own"), "{err}");
+        let config = NodeConfig {
+            listen,
+            metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9101))),
+            ..Default::default()
+        };
+        config.validate().expect("a port of its own is fine");
     }
 
     #[test]

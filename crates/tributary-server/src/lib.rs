@@ -10,6 +10,7 @@ pub mod idempotence;
 pub mod identity;
 pub mod iterator;
 pub mod metadata;
+pub mod metrics;
 pub mod node;
 pub mod peers;
 pub mod quota;

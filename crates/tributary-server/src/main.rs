@@ -35,6 +35,9 @@ struct DevArgs {
     /// Port of node 1; nodes 2 and 3 use the next two.
     #[arg(long, default_value_t = 7101)]
     base_port: u16,
+    /// Prometheus port of node 1 (`GET /metrics`); nodes 2 and 3 use the next two. 0: none.
+    #[arg(long, default_value_t = 9101)]
+    metrics_base_port: u16,
 }
 
 #[derive(Args)]
@@ -251,11 +254,25 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
             .arg(&data_dir)
             .args(["--az", ["az-a", "az-b", "az-c"][i]])
             .args(["--peers", &peers])
+            .args(match args.metrics_base_port {
+                0 => Vec::new(),
+                base => vec![
+                    "--metrics-listen".to_string(),
+                    format!("127.0.0.1:{}", base.saturating_add(i as u16)),
+                ],
+            })
             .kill_on_drop(true)
             .spawn()
             .with_context(|| format!("cannot start node {id}"))?;
+        let metrics = match args.metrics_base_port {
+            0 => String::new(),
+            base => format!(
+                ", metrics http://127.0.0.1:{}/metrics",
+                base.saturating_add(i as u16)
+            ),
+        };
         eprintln!(
-            "node {id} (az-{}) on 127.0.0.1:{port}, data in {}, pid {}",
+            "node {id} (az-{}) on 127.0.0.1:{port}{metrics}, data in {}, pid {}",
             ["a", "b", "c"][i],
             data_dir.display(),
             child.id().unwrap_or(0)

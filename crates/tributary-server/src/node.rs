@@ -61,6 +61,8 @@ pub struct ShardGroup {
     leader_contact: std::sync::Mutex<std::time::Instant>,
     /// Throughput quotas, when the node enforces them.
     pub quota: Option<crate::quota::ShardQuota>,
+    /// What this node served of the shard (Prometheus counters).
+    pub traffic: crate::metrics::ShardTraffic,
 }
 
 impl ShardGroup {
@@ -1236,6 +1238,7 @@ impl Node {
                 .config
                 .quota_limits()
                 .map(crate::quota::ShardQuota::new),
+            traffic: Default::default(),
         });
         self.shards
             .write()

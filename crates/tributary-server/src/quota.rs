@@ -103,6 +103,9 @@ impl ShardQuota {
     pub fn admit_write(&self, shard_index: u32, records: u64, bytes: u64) -> Result<(), ApiError> {
         let mut buckets = self.buckets();
         if buckets[WRITE_BYTES].in_debt() || buckets[WRITE_RECORDS].in_debt() {
+            crate::metrics::METRICS
+                .throttled_writes
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             return Err(ApiError::throughput(format!(
                 "shard {} is over its write quota of {} bytes/s or {} records/s; retry with backoff",
                 shard_id(shard_index),
@@ -119,6 +122,9 @@ impl ShardQuota {
     pub fn admit_read(&self, shard_index: u32) -> Result<(), ApiError> {
         let mut buckets = self.buckets();
         if buckets[READ_CALLS].tokens < 1.0 || buckets[READ_BYTES].in_debt() {
+            crate::metrics::METRICS
+                .throttled_reads
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             return Err(ApiError::throughput(format!(
                 "shard {} is over its read quota of {} GetRecords calls/s or {} bytes/s on this node; retry with backoff",
                 shard_id(shard_index),

@@ -43,6 +43,9 @@ pub async fn serve(
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
     let node = Node::open(config.clone()).await?;
+    if let Some(addr) = config.metrics_listen {
+        crate::metrics::serve(addr, node.clone()).await?;
+    }
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter

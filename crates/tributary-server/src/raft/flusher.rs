@@ -39,7 +39,12 @@ fn sync_all(logs: &mut [(Arc<tributary_log::Log>, Option<String>)]) {
 }
 
 fn sync_one((log, failure): &mut (Arc<tributary_log::Log>, Option<String>)) {
-    if let Err(err) = log.sync() {
+    let started = std::time::Instant::now();
+    let synced = log.sync();
+    crate::metrics::METRICS
+        .fsync_latency
+        .observe(started.elapsed());
+    if let Err(err) = synced {
         tracing::error!(error = %err, dir = %log.dir().display(), "fsync failed; appends in this window are not acknowledged");
         *failure = Some(err.to_string());
     }

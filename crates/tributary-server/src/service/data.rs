@@ -13,6 +13,7 @@ use super::stream_snapshot;
 use crate::error::ApiError;
 use crate::iterator::IteratorPosition;
 use crate::metadata::{parse_shard_id, ShardState, StreamMeta, StreamStatus};
+use crate::metrics::METRICS;
 use crate::node::{Node, ShardGroup};
 use crate::raft::{ProducerStamp, RecordBatch, StoredRecord};
 use crate::reader;
@@ -231,7 +232,20 @@ impl DataApi {
                     producer,
                 };
                 let result = match self.shard_group(stream, shard_index) {
-                    Ok(group) => self.node.append(&group, &batch).await,
+                    Ok(group) => {
+                        let result = self.node.append(&group, &batch).await;
+                        if result.is_ok() {
+                            let bytes: usize = batch
+                                .records
+                                .iter()
+                                .map(|r| r.data.len() + r.partition_key.len())
+                                .sum();
+                            group
+                                .traffic
+                                .wrote(batch.records.len() as u64, bytes as u64);
+                        }
+                        result
+                    }
                     Err(err) => Err(err),
                 };
                 (shard_index, places, batch.records, result)
@@ -385,6 +399,7 @@ impl DataService for DataApi {
         &self,
         request: Request<pb::PutRecordRequest>,
     ) -> Result<Response<pb::PutRecordResponse>, Status> {
+        let _timer = METRICS.put_latency.start_timer();
         let request = request.into_inner();
         let stream = self.writable_stream(&request.stream_name)?;
         let entry = pb::PutRecordsEntry {
@@ -443,6 +458,7 @@ impl DataService for DataApi {
         &self,
         request: Request<pb::PutRecordsRequest>,
     ) -> Result<Response<pb::PutRecordsResponse>, Status> {
+        let _timer = METRICS.put_latency.start_timer();
         let request = request.into_inner();
         let stream = self.writable_stream(&request.stream_name)?;
         if request.records.is_empty() {
@@ -575,6 +591,7 @@ impl DataService for DataApi {
         &self,
         request: Request<pb::GetRecordsRequest>,
     ) -> Result<Response<pb::GetRecordsResponse>, Status> {
+        let _timer = METRICS.get_latency.start_timer();
         let request = request.into_inner();
         let limit = validation::get_records_limit(request.limit)?;
         let wait = validation::get_records_wait(request.wait_ms)?;
@@ -623,9 +640,15 @@ impl DataService for DataApi {
                 page = reader::read(&group, page.next, limit as usize, max_bytes, horizon)?;
             }
         }
+        let bytes_out: u64 = page.records.iter().map(|r| r.data.len() as u64).sum();
         if let Some(quota) = &group.quota {
-            quota.charge_read(page.records.iter().map(|r| r.data.len() as u64).sum());
+            quota.charge_read(bytes_out);
         }
+        group.traffic.read(page.records.len() as u64, bytes_out);
+        group.traffic.get_millis_behind.store(
+            page.millis_behind_latest,
+            std::sync::atomic::Ordering::Relaxed,
+        );
         // A closed shard read to its end: no next iterator; the children carry on. (Until
         // this node's metadata shows the shard closed, the reader just waits at the end.)
         let mut children = page

@@ -12,6 +12,7 @@
 //! of a closed shard (an event with no continuation and the child shards).
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -100,9 +101,17 @@ impl Subscription {
                 self.group.shard_index,
             );
             let (id, taken_over) = self.api.subscriptions().take_over(key);
+            let metrics = &crate::metrics::METRICS;
+            metrics.open_subscriptions.fetch_add(1, Ordering::Relaxed);
             if let Err(err) = self.run(&tx, taken_over).await {
                 let _ = tx.send(Err(err.into())).await;
             }
+            metrics.open_subscriptions.fetch_sub(1, Ordering::Relaxed);
+            metrics.forget_consumer(
+                &self.stream.name,
+                &self.consumer,
+                &crate::metadata::shard_id(self.group.shard_index),
+            );
             self.api.subscriptions().finish(key, id);
         });
         rx
@@ -150,6 +159,16 @@ impl Subscription {
                 .then(|| self.api.closed_children(stream.stream_id, shard_index))
                 .flatten();
             let has_records = !page.records.is_empty();
+            self.group.traffic.read(
+                page.records.len() as u64,
+                page.records.iter().map(|r| r.data.len() as u64).sum(),
+            );
+            crate::metrics::METRICS.consumer_lag(
+                &self.stream.name,
+                &self.consumer,
+                &crate::metadata::shard_id(shard_index),
+                page.millis_behind_latest,
+            );
             let event = pb::SubscribeToShardEvent {
                 records: page
                     .records
