@@ -1,4 +1,6 @@
-//! Writes 10,000 keyed records to a stream, in order per key, with retries.
+//! Writes 10,000 keyed records through the batching, idempotent `Producer`: records are
+//! sent one at a time and the SDK batches them per shard, keeps each key in order, retries
+//! failures, and never stores a retried request twice.
 //!
 //! Against `tributary dev` (run `scripts/dev` first):
 //!
@@ -9,7 +11,7 @@
 //! The endpoint comes from `$TRIBUTARY_ENDPOINT` (default `http://127.0.0.1:7101`; a
 //! comma-separated list of nodes keeps working while one is down).
 
-use tributary_client::{put_all, Client, PutOptions};
+use tributary_client::{Client, Producer, ProducerOptions};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -25,14 +27,29 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     client
         .wait_for_active(&stream, std::time::Duration::from_secs(30))
         .await?;
-    // (partition key, data, explicit hash key): 100 users, 100 events each.
-    let records: Vec<(String, String, Option<String>)> = (0..10_000)
-        .map(|i| (format!("user-{}", i % 100), format!("event {i}"), None))
-        .collect();
-    let summary = put_all(&client, &stream, records, &PutOptions::default()).await?;
-    println!(
-        "{} records acknowledged; the first went to {} as {}",
-        summary.acknowledged, summary.results[0].0, summary.results[0].1
-    );
+    let producer = Producer::new(&client, ProducerOptions::default());
+    // `send` waits only for buffer space and returns the delivery to await later, so many
+    // records are in flight at once: 100 users, 100 events each.
+    let mut deliveries = Vec::with_capacity(10_000);
+    for i in 0..10_000 {
+        let user = format!("user-{}", i % 100);
+        deliveries.push(producer.send(&stream, &user, format!("event {i}")).await?);
+    }
+    let mut first = None;
+    for delivery in deliveries {
+        let receipt = delivery.await?;
+        first.get_or_insert(receipt);
+    }
+    let metrics = producer.metrics();
+    if let Some(first) = first {
+        println!(
+            "{} records acknowledged in {} requests ({} retried); the first went to {} as {}",
+            metrics.records_acknowledged,
+            metrics.requests,
+            metrics.retries,
+            first.shard_id,
+            first.sequence_number
+        );
+    }
     Ok(())
 }
