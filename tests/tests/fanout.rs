@@ -268,3 +268,69 @@ async fn a_subscription_ends_at_a_closed_shards_end_with_its_children() {
         "then the stream ends"
     );
 }
+
+/// Waits (15 s at most) for a subscription to end with an error; returns it.
+async fn ended_with(events: &mut tonic::Streaming<pb::SubscribeToShardEvent>) -> tonic::Status {
+    tokio::time::timeout(Duration::from_secs(15), async {
+        loop {
+            match events.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => panic!("the subscription ended without an error"),
+                Err(status) => return status,
+            }
+        }
+    })
+    .await
+    .expect("the older subscription ends within 15 s")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_through_another_node_takes_over() {
+    let cluster = tributary_tests::Cluster::start(&[]).await;
+    let first_node = cluster.node(1).remote();
+    first_node.create_stream("fan", 1).await;
+    first_node.wait_active("fan").await;
+    register(&first_node, "fan", "app").await.expect("register");
+
+    let mut first = subscribe(&first_node, "app", pb::ShardIteratorType::Latest, None)
+        .await
+        .expect("subscription through node 1");
+    first.message().await.expect("ok").expect("opening event");
+    // The same consumer and shard through node 2: node 1's subscription ends.
+    let second_node = cluster.node(2).remote();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut second = loop {
+        // Node 2 may not have applied the registration yet.
+        match subscribe(&second_node, "app", pb::ShardIteratorType::Latest, None).await {
+            Ok(events) => break events,
+            Err(status) if Instant::now() < deadline => {
+                eprintln!("retrying: {status:?}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(status) => panic!("subscription through node 2: {status:?}"),
+        }
+    };
+    second.message().await.expect("ok").expect("opening event");
+    let status = tokio::time::timeout(Duration::from_secs(16), ended_with(&mut first))
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "node 1's subscription did not end; node 1 log:\n{}\nnode 2 log:\n{}",
+                cluster.node(1).log(),
+                cluster.node(2).log()
+            )
+        });
+    assert_eq!(error_code(&status), "ResourceInUse");
+    assert!(status.message().contains("took over"), "{status:?}");
+
+    // And back through node 3: node 2's ends, node 3's keeps receiving records.
+    let third_node = cluster.node(3).remote();
+    let mut third = subscribe(&third_node, "app", pb::ShardIteratorType::Latest, None)
+        .await
+        .expect("subscription through node 3");
+    third.message().await.expect("ok").expect("opening event");
+    assert_eq!(error_code(&ended_with(&mut second).await), "ResourceInUse");
+    first_node.put_acked("fan", "k", "after-takeover").await;
+    let (data, _) = receive(&mut third, 1).await;
+    assert_eq!(data, vec!["after-takeover".to_string()]);
+}

@@ -127,6 +127,8 @@ pub struct Node {
     draining: AtomicBool,
     /// Random per process start (see `NodeInfoReply.boot_id`).
     boot_id: u64,
+    /// Live SubscribeToShard streams served here (takeover by newer ones).
+    subscriptions: crate::service::fanout::Subscriptions,
 }
 
 fn groups_dir(config: &NodeConfig) -> PathBuf {
@@ -209,6 +211,7 @@ impl Node {
             ready: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             boot_id: rand::random::<u64>().max(1),
+            subscriptions: Default::default(),
         }))
     }
 
@@ -348,6 +351,24 @@ impl Node {
     /// This node's identity (id and data-dir incarnation).
     pub fn identity(&self) -> Identity {
         self.identity
+    }
+
+    /// The SubscribeToShard streams this node serves.
+    pub fn subscriptions(&self) -> &crate::service::fanout::Subscriptions {
+        &self.subscriptions
+    }
+
+    /// Clients of every other member whose address is known.
+    pub fn other_peer_clients(
+        &self,
+    ) -> Vec<tributary_proto::v1::peer_service_client::PeerServiceClient<tonic::transport::Channel>>
+    {
+        let me = self.config.node_id;
+        self.members()
+            .keys()
+            .filter(|id| **id != me)
+            .filter_map(|id| self.peer_client(*id).ok())
+            .collect()
     }
 
     /// The other nodes.

@@ -8,7 +8,7 @@ use tonic::{Request, Response, Status};
 use tributary_proto::v1 as pb;
 use tributary_proto::v1::data_service_server::DataService;
 
-use super::fanout::{Subscription, Subscriptions};
+use super::fanout::Subscription;
 use super::stream_snapshot;
 use crate::error::ApiError;
 use crate::iterator::IteratorPosition;
@@ -30,7 +30,6 @@ const FUTURE_TIMESTAMP_SLACK_MS: i64 = 5_000;
 #[derive(Clone)]
 pub struct DataApi {
     node: Arc<Node>,
-    subscriptions: Arc<Subscriptions>,
 }
 
 /// A validated entry ready to route.
@@ -47,18 +46,11 @@ const MAX_REROUTES: usize = 4;
 impl DataApi {
     /// A service over a node.
     pub fn new(node: Arc<Node>) -> Self {
-        Self {
-            node,
-            subscriptions: Arc::default(),
-        }
+        Self { node }
     }
 
     pub(crate) fn node(&self) -> &Arc<Node> {
         &self.node
-    }
-
-    pub(crate) fn subscriptions(&self) -> &Subscriptions {
-        &self.subscriptions
     }
 
     fn writable_stream(&self, name: &str) -> Result<StreamMeta, ApiError> {

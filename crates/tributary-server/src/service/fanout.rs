@@ -38,33 +38,100 @@ const EVENT_MAX_RECORDS: usize = 10_000;
 const HEARTBEAT: Duration = Duration::from_secs(5);
 
 /// (stream incarnation, consumer id, shard index): one live subscription each per node.
-type SubscriptionKey = (u64, u64, u32);
+/// (stream id, consumer id, shard index).
+pub type SubscriptionKey = (u64, u64, u32);
 
-/// The live subscriptions of this node, so a newer one can take over an older one.
+/// A live subscription: its id here, when it started (ms), and its takeover switch.
+struct Live {
+    id: u64,
+    started_at_ms: i64,
+    taken_over: watch::Sender<bool>,
+}
+
+/// The live subscriptions of this node, so a newer one can take over an older one — here
+/// directly, on the other nodes through `EndOlderSubscription`.
 #[derive(Default)]
 pub struct Subscriptions {
-    live: Mutex<HashMap<SubscriptionKey, (u64, watch::Sender<bool>)>>,
+    live: Mutex<HashMap<SubscriptionKey, Live>>,
     next: std::sync::atomic::AtomicU64,
 }
 
 impl Subscriptions {
     /// Registers a subscription, ending any older one for the same key; returns its id and
     /// a receiver that turns true when a newer one takes over.
-    fn take_over(&self, key: SubscriptionKey) -> (u64, watch::Receiver<bool>) {
-        let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    fn take_over(&self, key: SubscriptionKey, started_at_ms: i64) -> (u64, watch::Receiver<bool>) {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = watch::channel(false);
         let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((_, older)) = live.insert(key, (id, tx)) {
-            let _ = older.send(true);
+        let newer = Live {
+            id,
+            started_at_ms,
+            taken_over: tx,
+        };
+        if let Some(older) = live.insert(key, newer) {
+            let _ = older.taken_over.send(true);
         }
         (id, rx)
     }
 
+    /// A subscription with `key` started on node `origin` at `started_at_ms`: ends the one
+    /// here if it started earlier (ties: the lower node id is older). Returns how many ended.
+    pub fn end_older(
+        &self,
+        key: SubscriptionKey,
+        started_at_ms: i64,
+        origin: u64,
+        this_node: u64,
+    ) -> u32 {
+        let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        let older = live
+            .get(&key)
+            .is_some_and(|here| (here.started_at_ms, this_node) < (started_at_ms, origin));
+        if !older {
+            return 0;
+        }
+        match live.remove(&key) {
+            Some(here) => u32::from(here.taken_over.send(true).is_ok()),
+            None => 0,
+        }
+    }
+
     fn finish(&self, key: SubscriptionKey, id: u64) {
         let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
-        if live.get(&key).is_some_and(|(current, _)| *current == id) {
+        if live.get(&key).is_some_and(|current| current.id == id) {
             live.remove(&key);
         }
+    }
+}
+
+/// Tells every other node that a subscription with `key` started here (best effort, in the
+/// background: a node that cannot be reached keeps its older subscription until that one
+/// ends on its own, at most `subscription_max_ms` later).
+fn end_older_on_peers(node: &Arc<crate::node::Node>, key: SubscriptionKey, started_at_ms: i64) {
+    let (stream_id, consumer_id, shard_index) = key;
+    let request = pb::EndOlderSubscriptionRequest {
+        stream_id,
+        consumer_id,
+        shard_index,
+        started_at_ms,
+        node_id: node.config().node_id,
+    };
+    for mut peer in node.other_peer_clients() {
+        let request = request.clone();
+        tokio::spawn(async move {
+            // A few bounded attempts: a busy peer may be slow to answer once.
+            for attempt in 1..=3 {
+                let mut call = tonic::Request::new(request.clone());
+                call.set_timeout(Duration::from_secs(5));
+                match peer.end_older_subscription(call).await {
+                    Ok(_) => return,
+                    Err(status) if attempt == 3 => {
+                        tracing::warn!(%status, "could not tell a peer about a newer subscription; its older one runs until its lifetime ends");
+                    }
+                    Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+                }
+            }
+        });
     }
 }
 
@@ -100,7 +167,10 @@ impl Subscription {
                 self.consumer_id,
                 self.group.shard_index,
             );
-            let (id, taken_over) = self.api.subscriptions().take_over(key);
+            let node = self.api.node().clone();
+            let started_at_ms = node.now_ms();
+            let (id, taken_over) = node.subscriptions().take_over(key, started_at_ms);
+            end_older_on_peers(&node, key, started_at_ms);
             let metrics = &crate::metrics::METRICS;
             metrics.open_subscriptions.fetch_add(1, Ordering::Relaxed);
             if let Err(err) = self.run(&tx, taken_over).await {
@@ -112,7 +182,7 @@ impl Subscription {
                 &self.consumer,
                 &crate::metadata::shard_id(self.group.shard_index),
             );
-            self.api.subscriptions().finish(key, id);
+            node.subscriptions().finish(key, id);
         });
         rx
     }

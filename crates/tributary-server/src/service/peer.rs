@@ -196,6 +196,20 @@ impl PeerService for PeerApi {
         )))
     }
 
+    async fn end_older_subscription(
+        &self,
+        request: Request<pb::EndOlderSubscriptionRequest>,
+    ) -> Result<Response<pb::EndOlderSubscriptionReply>, Status> {
+        let request = request.into_inner();
+        let ended = self.node.subscriptions().end_older(
+            (request.stream_id, request.consumer_id, request.shard_index),
+            request.started_at_ms,
+            request.node_id,
+            self.node.config().node_id,
+        );
+        Ok(Response::new(pb::EndOlderSubscriptionReply { ended }))
+    }
+
     async fn forward_seal(
         &self,
         request: Request<pb::ForwardSealRequest>,
