@@ -117,11 +117,10 @@ fn end_older_on_peers(node: &Arc<crate::node::Node>, key: SubscriptionKey, start
         node_id: node.config().node_id,
     };
     for mut peer in node.other_peer_clients() {
-        let request = request.clone();
         tokio::spawn(async move {
             // A few bounded attempts: a busy peer may be slow to answer once.
             for attempt in 1..=3 {
-                let mut call = tonic::Request::new(request.clone());
+                let mut call = tonic::Request::new(request);
                 call.set_timeout(Duration::from_secs(5));
                 match peer.end_older_subscription(call).await {
                     Ok(_) => return,
