@@ -32,10 +32,10 @@ impl RecordProcessor for CountPerUser {
 
     async fn process_records(
         &mut self,
-        records: Vec<Record>,
+        records: &[Record],
         checkpointer: &Checkpointer,
     ) -> Result<(), ProcessError> {
-        for record in &records {
+        for record in records {
             *self.counts.entry(record.partition_key.clone()).or_default() += 1;
         }
         // The effect is in memory only here; a real processor checkpoints once its output

@@ -151,7 +151,7 @@ pub trait RecordProcessor: Send + 'static {
     /// after a backoff.
     fn process_records(
         &mut self,
-        records: Vec<Record>,
+        records: &[Record],
         checkpointer: &Checkpointer,
     ) -> impl Future<Output = Result<(), ProcessError>> + Send;
 
@@ -736,9 +736,7 @@ async fn process_shard<P: RecordProcessor>(
         if !records.is_empty() {
             let mut backoff = Backoff::start(&options.retry);
             loop {
-                let outcome = processor
-                    .process_records(records.clone(), &checkpointer)
-                    .await;
+                let outcome = processor.process_records(&records, &checkpointer).await;
                 if checkpointer.lease_was_lost() {
                     processor.lease_lost().await;
                     return Ended::LeaseLost;

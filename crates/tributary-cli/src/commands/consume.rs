@@ -53,7 +53,7 @@ struct Printer;
 impl RecordProcessor for Printer {
     async fn process_records(
         &mut self,
-        records: Vec<Record>,
+        records: &[Record],
         checkpointer: &Checkpointer,
     ) -> Result<(), ProcessError> {
         let shard = checkpointer.shard_id().to_owned();

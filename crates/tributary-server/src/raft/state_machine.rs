@@ -82,12 +82,8 @@ struct AppliedState {
     /// (the snapshot a lagging replica installs is taken at the trim point).
     #[serde(default)]
     trim: Option<(LogId, Membership)>,
-    /// Shard groups: the newest requests of each idempotent producer (see `idempotence`).
-    /// Persisted apart from the applied position, every `PRODUCERS_PERSIST_EVERY` stamped
-    /// appends, and caught up from the log at open.
-    #[serde(skip)]
-    producers: ProducerTable,
-    /// Stamped appends applied since the table was last persisted.
+    /// Stamped appends applied since the idempotent-producer table (`Kind::Shard`'s
+    /// `producers`, persisted apart every `PRODUCERS_PERSIST_EVERY` of them) was last written.
     #[serde(skip)]
     producers_unsaved: u32,
 }
@@ -213,17 +209,12 @@ impl GroupStateMachine {
             }
         }
         let stored: StoredProducers = meta.get(group, GroupKey::Producers)?.unwrap_or_default();
-        restored.producers = stored.table;
+        let mut table = stored.table;
         let applied_index = restored.applied.as_ref().map_or(0, |id| id.index);
-        catch_up_producers(
-            &log,
-            &mut restored.producers,
-            stored.through_index,
-            applied_index,
-        )?;
+        catch_up_producers(&log, &mut table, stored.through_index, applied_index)?;
         let tip = restored.tip(log.log().last_timestamp_ms().unwrap_or(0));
         let (tx, rx) = watch::channel(tip);
-        let producers: ProducerView = Arc::new(std::sync::Mutex::new(restored.producers.clone()));
+        let producers: ProducerView = Arc::new(std::sync::Mutex::new(table));
         let inner = Inner {
             group,
             meta,
@@ -342,14 +333,13 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
                         if let (Some(stamp), Kind::Shard { producers, .. }) =
                             (batch.producer, &self.inner.kind)
                         {
-                            // Both before the response goes out: a retry that arrives once
-                            // the original was answered must find it in the table.
+                            // Before the response goes out: a retry that arrives once the
+                            // original was answered must find it in the table.
                             let count = batch.records.len() as u32;
                             let index = entry.log_id.index;
-                            idempotence::record(&mut applied.producers, stamp, index, count);
+                            let mut table = producers.lock().unwrap_or_else(|p| p.into_inner());
+                            idempotence::record(&mut table, stamp, index, count);
                             applied.producers_unsaved += 1;
-                            let mut view = producers.lock().unwrap_or_else(|p| p.into_inner());
-                            idempotence::record(&mut view, stamp, index, count);
                         }
                         CommandResponse::Applied
                     }
@@ -384,7 +374,11 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
             Kind::Metadata(shared) => {
                 shared.version.send_modify(|v| *v += 1);
             }
-            Kind::Shard { tip, log, .. } => {
+            Kind::Shard {
+                tip,
+                log,
+                producers,
+            } => {
                 let next = applied.tip(0);
                 tip.send_modify(|t| {
                     let last_record_ms = match last_record_ms {
@@ -411,7 +405,7 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
                     if applied.producers_unsaved >= PRODUCERS_PERSIST_EVERY {
                         let stored = StoredProducers {
                             through_index: next.applied_index,
-                            table: applied.producers.clone(),
+                            table: producers.lock().unwrap_or_else(|p| p.into_inner()).clone(),
                         };
                         self.inner.meta.put(
                             self.inner.group,
@@ -449,7 +443,6 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
             Kind::Shard { tip, producers, .. } => {
                 // The snapshot point is the retention trim point: producers whose newest
                 // request is older than retention are forgotten (see `idempotence`).
-                applied.producers.clear();
                 applied.producers_unsaved = 0;
                 producers.lock().unwrap_or_else(|p| p.into_inner()).clear();
                 let through_index = meta.last_log_id.map_or(0, |id| id.index);
