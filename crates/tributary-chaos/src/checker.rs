@@ -17,6 +17,13 @@
 //! | divergent_nodes | nodes whose final drain of some shard differs from the other nodes' |
 //! | server_duplicates | a value sent once that sits at two positions |
 //! | retry_duplicates | a value sent more than once (a retry of an unknown outcome) that sits at two positions: allowed, reported as a rate |
+//! | checkpoint_regressions | the consumer group's committed checkpoint of a shard was seen to move back (`checker/consumer_group.rs`) |
+//! | unprocessed_records | a record at or below the final committed checkpoint of its shard that no worker processed |
+//! | reprocessed_records | a record processed more than once (at-least-once delivery after a takeover): allowed, reported as a rate |
+//!
+//! The batches the consumer-group workers processed are reads too: their records are
+//! observations for the phantom, aborted, one-value-per-position, lost and duplicate checks,
+//! and each processor (one per lease taken) is checked like a read chain.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -34,7 +41,7 @@ pub struct Anomaly {
 }
 
 /// Everything the checker found. Each anomaly list is a safety figure (its length), except
-/// `retry_duplicates`.
+/// `retry_duplicates` and `reprocessed_records` (both allowed).
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Findings {
     /// Completions by type over all operations (an invocation that never completed counts
@@ -58,6 +65,8 @@ pub struct Findings {
     pub records_read: u64,
     /// Records returned by the final drains (all nodes).
     pub records_drained: u64,
+    /// Consumer-group figures (all zero when the history has no workers).
+    pub group: GroupFigures,
     /// Acknowledged value never read though a later record of its shard was (P6).
     pub acked_lost: Vec<Anomaly>,
     /// Value read that no client sent (P1).
@@ -87,6 +96,18 @@ pub struct Findings {
     /// Drains that did not complete, or no drain at all: the total-loss and divergence
     /// figures are then incomplete, which fails the run.
     pub drain_failures: Vec<String>,
+    /// The committed checkpoint of a shard seen below an earlier observation of it: a
+    /// checkpoint acknowledged, a lease started from it, or the final lease table.
+    pub checkpoint_regressions: Vec<Anomaly>,
+    /// A drained record at or below its shard's final committed checkpoint that no worker
+    /// processed (one entry per record).
+    pub unprocessed_records: Vec<Anomaly>,
+    /// A record processed more than once (allowed: delivery is at least once).
+    pub reprocessed_records: Vec<Anomaly>,
+    /// The consumer-group checks are incomplete: workers ran but there is no final lease
+    /// table, or the final checkpoint of a shard is below its last record (the workers did
+    /// not catch up). Fails the run, like an incomplete drain.
+    pub group_failures: Vec<String>,
     /// Write-unavailability windows seen by the producers, in milliseconds: from the first
     /// put batch without any acknowledgement after a good one to the next acknowledged one.
     pub unavailability_ms: Vec<u64>,
@@ -101,8 +122,38 @@ pub struct ShardFigures {
     pub acked: u64,
     /// Records in the longest drain of the shard.
     pub drained: u64,
+    /// Distinct records of the shard the consumer-group workers processed.
+    pub processed: u64,
     /// Anomalies (all safety lists together) located in the shard.
     pub anomalies: u64,
+}
+
+/// Volume figures of the consumer-group workers.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct GroupFigures {
+    /// Worker runs (first starts and restarts).
+    pub worker_runs: u64,
+    /// Runs after a worker's first: it gave up on an error or could not connect.
+    pub worker_restarts: u64,
+    /// Leases a worker started processing under.
+    pub leases_taken: u64,
+    /// Leases taken whose previous processor of the shard ran in another worker.
+    pub lease_handovers: u64,
+    /// Batches handed to processors.
+    pub batches: u64,
+    /// Records handed to processors (a record processed twice counts twice).
+    pub records_processed: u64,
+    /// Distinct records processed.
+    pub records_distinct: u64,
+    /// Checkpoints acknowledged.
+    pub checkpoints_ok: u64,
+    /// Checkpoints refused (LeaseLost, below the current one).
+    pub checkpoints_fail: u64,
+    /// Checkpoints with an unknown outcome.
+    pub checkpoints_info: u64,
+    /// Per shard, the highest committed checkpoint the final lease tables list
+    /// (`SHARD_END`, a sequence number, or `none`).
+    pub final_checkpoints: BTreeMap<String, String>,
 }
 
 impl Findings {
@@ -124,6 +175,9 @@ impl Findings {
             && self.divergent_nodes.is_empty()
             && self.server_duplicates.is_empty()
             && self.drain_failures.is_empty()
+            && self.checkpoint_regressions.is_empty()
+            && self.unprocessed_records.is_empty()
+            && self.group_failures.is_empty()
     }
 }
 
@@ -145,6 +199,9 @@ type Drained = Vec<(u128, String)>;
 
 /// Drains by shard, then node.
 type Drains = BTreeMap<String, BTreeMap<u64, Drained>>;
+
+/// Read chains and processors by (label, id), each with its calls.
+type Chains<'a> = BTreeMap<(&'static str, u64), Vec<&'a Op>>;
 
 /// Parses a decimal sequence number; `None` for anything else.
 pub fn parse_seq(text: &str) -> Option<u128> {
@@ -250,11 +307,11 @@ pub fn check(history: &[Op]) -> Findings {
             }
         }
     }
-    let mut chains: BTreeMap<u64, Vec<&Op>> = BTreeMap::new();
+    let mut chains: Chains = BTreeMap::new();
     let mut drains: Drains = BTreeMap::new();
     let mut drained_any = false;
     for op in completions.values() {
-        if !matches!(op.f, OpFn::Read | OpFn::Drain) {
+        if !matches!(op.f, OpFn::Read | OpFn::Drain | OpFn::Process) {
             continue;
         }
         if op.f == OpFn::Drain {
@@ -285,11 +342,13 @@ pub fn check(history: &[Op]) -> Findings {
                 });
                 continue;
             };
-            if op.f == OpFn::Read {
-                findings.records_read += 1;
-            } else {
-                findings.records_drained += 1;
-                drained.push((seq, record.value.clone()));
+            match op.f {
+                OpFn::Read => findings.records_read += 1,
+                OpFn::Drain => {
+                    findings.records_drained += 1;
+                    drained.push((seq, record.value.clone()));
+                }
+                _ => {}
             }
             at.entry((shard.clone(), seq))
                 .or_default()
@@ -331,7 +390,11 @@ pub fn check(history: &[Op]) -> Findings {
         }
         match op.f {
             OpFn::Read => chains
-                .entry(op.chain.unwrap_or(u64::MAX))
+                .entry(("chain", op.chain.unwrap_or(u64::MAX)))
+                .or_default()
+                .push(op),
+            OpFn::Process => chains
+                .entry(("processor", op.chain.unwrap_or(u64::MAX)))
                 .or_default()
                 .push(op),
             OpFn::Drain => {
@@ -342,7 +405,7 @@ pub fn check(history: &[Op]) -> Findings {
                     .or_default()
                     .extend(drained);
             }
-            OpFn::Put => {}
+            _ => {}
         }
     }
 
@@ -430,6 +493,7 @@ pub fn check(history: &[Op]) -> Findings {
     check_realtime(&acked, &mut findings);
     check_duplicates(&values, &read_at, &mut findings);
     check_divergence(&drains, &mut findings);
+    consumer_group::check(history, &completions, &drains, &mut findings);
     findings.unavailability_ms = unavailability_windows(history, &completions, last_ns);
 
     for (shard, nodes) in &drains {
@@ -447,6 +511,8 @@ pub fn check(history: &[Op]) -> Findings {
         &findings.unseen_after_drain,
         &findings.divergence,
         &findings.server_duplicates,
+        &findings.checkpoint_regressions,
+        &findings.unprocessed_records,
     ]
     .iter()
     .flat_map(|list| list.iter().map(|a| a.shard.clone()))
@@ -457,13 +523,13 @@ pub fn check(history: &[Op]) -> Findings {
     findings
 }
 
-/// P4 and P5 over each read chain, in call order.
+/// P4 and P5 over each read chain and each consumer-group processor, in call order.
 fn check_chains(
-    chains: &BTreeMap<u64, Vec<&Op>>,
+    chains: &Chains,
     known: &BTreeMap<String, BTreeSet<u128>>,
     findings: &mut Findings,
 ) {
-    for (chain, calls) in chains {
+    for ((label, chain), calls) in chains {
         let mut calls = calls.clone();
         calls.sort_by_key(|op| (op.time_ns, op.id));
         let mut previous: Option<(u128, &str)> = None;
@@ -478,7 +544,7 @@ fn check_chains(
                         findings.nonmonotonic_reads.push(Anomaly {
                             shard: shard.clone(),
                             detail: format!(
-                                "chain {chain} read {} at {seq} after {prev_value} at {prev} (node {})",
+                                "{label} {chain} read {} at {seq} after {prev_value} at {prev} (node {})",
                                 record.value, call.node
                             ),
                         });
@@ -487,7 +553,7 @@ fn check_chains(
                             findings.skipped_records.push(Anomaly {
                                 shard: shard.clone(),
                                 detail: format!(
-                                    "chain {chain} went from {prev} to {seq} (node {}) over the record at {missed}",
+                                    "{label} {chain} went from {prev} to {seq} (node {}) over the record at {missed}",
                                     call.node
                                 ),
                             });
@@ -683,6 +749,8 @@ pub fn quantile(values: &[u64], q: f64) -> u64 {
     let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
     sorted[rank - 1]
 }
+
+mod consumer_group;
 
 #[cfg(test)]
 mod tests;

@@ -7,6 +7,10 @@
 //! value is unique per attempt sequence (`producer:counter`); a retry of an unknown outcome
 //! re-sends the same value with `attempt` + 1, which is what lets the checker tell a
 //! client-caused duplicate from a server-caused one.
+//!
+//! The consumer-group workers add their own operations: each processed batch, each
+//! checkpoint, each lease they start processing under, each (re)start of a worker, and at
+//! the end the application's lease table as every node lists it.
 
 use std::io::{BufRead, Write};
 
@@ -37,6 +41,27 @@ pub enum OpFn {
     Read,
     /// A node's full read of one shard from TRIM_HORIZON after the faults healed.
     Drain,
+    /// One run of a consumer-group worker, from its start to its return: `ok` after a
+    /// shutdown, `info` when it gave up on an error, `fail` when it could not connect. A
+    /// worker with more than one run was restarted.
+    Worker,
+    /// A worker took a shard lease and started processing the shard after `seq` (absent:
+    /// from TRIM_HORIZON) under lease `epoch`; the start is the application's checkpoint as
+    /// the lease table showed it when the lease was taken. `info` for a start that is
+    /// neither (the checker ignores it).
+    Lease,
+    /// A worker's processor was handed one batch of a shard (`records`, in order) under
+    /// lease `epoch`; `chain` names the processor (one per lease taken), so its batches are
+    /// checked like a read chain.
+    Process,
+    /// A worker checkpointed `seq` of a shard under lease `epoch`. `fail`: the final answer
+    /// was a refusal (LeaseLost, below the current checkpoint); the SDK retries transient
+    /// errors inside one call, so an earlier attempt of a refused call may still have
+    /// applied. The checker reasons only about acknowledged checkpoints.
+    Checkpoint,
+    /// One shard's row of the application's lease table (ListLeases) through `node`, after
+    /// the workers shut down: the checkpoint `seq` (absent: none), `shard_end` and `epoch`.
+    LeaseTable,
 }
 
 /// A record as a read returned it.
@@ -53,12 +78,12 @@ pub struct ReadRecord {
 pub struct Op {
     /// Pairs an invocation with its completion.
     pub id: u64,
-    /// The client task (producer, reader or drainer) that ran it.
+    /// The client task (producer, reader, drainer, consumer-group worker) that ran it.
     pub process: u64,
     /// Invoke or one of the three completions.
     #[serde(rename = "type")]
     pub kind: OpType,
-    /// Put, read or drain.
+    /// What the operation does.
     pub f: OpFn,
     /// The node whose endpoint served the request.
     pub node: u64,
@@ -70,19 +95,27 @@ pub struct Op {
     /// Put: 1 for the first send of the value, 2+ for retries of an unknown outcome.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attempt: Option<u32>,
-    /// Put ok: the shard that took it. Read/drain: the shard read.
+    /// Put ok: the shard that took it. Read/drain: the shard read. Consumer-group
+    /// operations: the shard processed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shard: Option<String>,
-    /// Put ok: the sequence number the server acknowledged.
+    /// Put ok: the sequence number the server acknowledged. Lease: the start; checkpoint:
+    /// the position checkpointed; lease table: the checkpoint listed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seq: Option<String>,
     /// Read: the iterator chain this call continues (a chain resumed after an error with
-    /// AFTER_SEQUENCE_NUMBER of its last record keeps its id).
+    /// AFTER_SEQUENCE_NUMBER of its last record keeps its id). Process: the processor.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chain: Option<u64>,
-    /// Read/drain ok: the records returned, in order.
+    /// Read/drain ok: the records returned, in order. Process: the batch.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub records: Vec<ReadRecord>,
+    /// Lease, process, checkpoint, lease table: the shard lease's epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<u64>,
+    /// Lease table: the shard is checkpointed at its end (closed and processed).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub shard_end: bool,
     /// Fail/info: what went wrong.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -104,6 +137,8 @@ impl Op {
             seq: None,
             chain: None,
             records: Vec::new(),
+            epoch: None,
+            shard_end: false,
             error: None,
         }
     }
@@ -163,12 +198,21 @@ mod tests {
                 }],
                 ..Op::new(1, 9, OpType::Ok, OpFn::Read, 3, 30)
             },
+            Op {
+                shard: Some("shardId-000000000000".into()),
+                seq: Some("65536".into()),
+                epoch: Some(3),
+                shard_end: true,
+                ..Op::new(2, 3001, OpType::Ok, OpFn::LeaseTable, 1, 40)
+            },
         ];
         let mut buffer = Vec::new();
         write_jsonl(&mut buffer, &ops).expect("write");
         let text = String::from_utf8(buffer.clone()).expect("utf8");
-        assert_eq!(text.lines().count(), 3);
+        assert_eq!(text.lines().count(), 4);
         assert!(text.starts_with(r#"{"id":0,"process":1,"type":"invoke","f":"put""#));
+        assert!(text.contains(r#""f":"lease_table""#), "{text}");
+        assert!(text.contains(r#""epoch":3,"shard_end":true"#), "{text}");
         assert_eq!(read_jsonl(buffer.as_slice()).expect("read"), ops);
     }
 

@@ -1,11 +1,13 @@
-//! `tributary-chaos`: runs the workload against the docker-compose cluster under a seeded
-//! fault schedule, heals, drains every shard through every node, checks the history and
-//! prints the report (its last line is one JSON object).
+//! `tributary-chaos`: runs the workload (producers, readers, consumer-group workers) against
+//! the docker-compose cluster under a seeded fault schedule, heals, drains every shard
+//! through every node, lets the workers catch up and reads their final lease table, checks
+//! the history and prints the report (its last line is one JSON object).
 //!
 //! Exit codes: 0 every safety figure is zero; 1 a safety figure is non-zero or the run
 //! could not complete; 2 faults cannot be injected here (no Docker engine or compose).
 
 mod cluster;
+mod consumer_group;
 mod nemesis;
 mod workload;
 
@@ -69,6 +71,10 @@ struct RunArgs {
     /// Readers following every shard.
     #[arg(long, default_value_t = 2)]
     readers: u64,
+    /// Consumer-group workers (one application, each worker through its own node); 0 runs
+    /// none and skips the consumer-group checks.
+    #[arg(long, default_value_t = 2)]
+    workers: u64,
     /// Shards of the stream at the start.
     #[arg(long, default_value_t = 3)]
     shards: u32,
@@ -312,6 +318,18 @@ async fn drive(args: &RunArgs, cluster: &Cluster, out: &Path, report: &mut Repor
             chain_ids.clone(),
         )));
     }
+    // The workers outlive the producers and readers: they catch up after the drain.
+    let (shutdown_workers, workers_shutdown) = tokio::sync::watch::channel(false);
+    let workers: Vec<_> = (1..=args.workers)
+        .map(|w| {
+            tokio::spawn(consumer_group::worker(
+                work.clone(),
+                w,
+                chain_ids.clone(),
+                workers_shutdown.clone(),
+            ))
+        })
+        .collect();
     let started = Instant::now();
     let hold = if args.smoke {
         4_000..9_000
@@ -352,6 +370,31 @@ async fn drive(args: &RunArgs, cluster: &Cluster, out: &Path, report: &mut Repor
             report
                 .run_errors
                 .push(format!("drain through node {node}: {error:#}"));
+        }
+    }
+    if !workers.is_empty() {
+        eprintln!("tributary-chaos: waiting for the consumer-group workers to catch up");
+        if let Err(error) = consumer_group::wait_caught_up(&work, Duration::from_secs(120)).await {
+            report.run_errors.push(format!("{error:#}"));
+        }
+    }
+    let _ = shutdown_workers.send(true);
+    for worker in workers {
+        // Shutting down runs every processor's last checkpoint and releases the leases.
+        if tokio::time::timeout(Duration::from_secs(60), worker)
+            .await
+            .is_err()
+        {
+            report
+                .run_errors
+                .push("a consumer-group worker did not shut down within 60 s".into());
+        }
+    }
+    if args.workers > 0 {
+        if let Err(error) =
+            consumer_group::record_final_tables(&work, Duration::from_secs(30)).await
+        {
+            report.run_errors.push(format!("{error:#}"));
         }
     }
     let ops = recorder.snapshot();

@@ -53,6 +53,12 @@ pub struct Summary {
     pub unavailability_ms_p99: u64,
     /// Longest window.
     pub unavailability_ms_max: u64,
+    /// Safety: the consumer group's committed checkpoint of a shard seen to move back.
+    pub checkpoint_regressions: u64,
+    /// Safety: records at or below the final committed checkpoint that no worker processed.
+    pub unprocessed_records: u64,
+    /// Allowed: records the workers processed more than once (at-least-once delivery).
+    pub reprocessed_records: u64,
 }
 
 /// What the fault schedule did, by fault type.
@@ -119,6 +125,9 @@ impl Report {
             unavailability_ms_p50: quantile(&f.unavailability_ms, 0.5),
             unavailability_ms_p99: quantile(&f.unavailability_ms, 0.99),
             unavailability_ms_max: f.unavailability_ms.iter().copied().max().unwrap_or(0),
+            checkpoint_regressions: f.checkpoint_regressions.len() as u64,
+            unprocessed_records: f.unprocessed_records.len() as u64,
+            reprocessed_records: f.reprocessed_records.len() as u64,
         }
     }
 
@@ -167,7 +176,7 @@ impl Report {
             f.records_read, f.records_drained
         );
         let _ = writeln!(out, "-- safety (each must be 0)");
-        let rows: [(&str, u64, &[Anomaly]); 11] = [
+        let rows: [(&str, u64, &[Anomaly]); 14] = [
             ("acked_lost", s.acked_lost, &f.acked_lost),
             (
                 "unseen_after_drain",
@@ -203,6 +212,21 @@ impl Report {
                 s.retry_duplicates,
                 &f.retry_duplicates,
             ),
+            (
+                "checkpoint_regressions",
+                s.checkpoint_regressions,
+                &f.checkpoint_regressions,
+            ),
+            (
+                "unprocessed_records",
+                s.unprocessed_records,
+                &f.unprocessed_records,
+            ),
+            (
+                "reprocessed_records (ok)",
+                s.reprocessed_records,
+                &f.reprocessed_records,
+            ),
         ];
         for (name, count, examples) in rows {
             let _ = writeln!(out, "  {name:<24} {count}");
@@ -220,18 +244,53 @@ impl Report {
                 100.0 * s.retry_duplicates as f64 / f.values_acked as f64
             );
         }
+        if f.group.records_distinct > 0 {
+            let _ = writeln!(
+                out,
+                "  reprocessed rate       {:.4}% of distinct records processed",
+                100.0 * s.reprocessed_records as f64 / f.group.records_distinct as f64
+            );
+        }
         for failure in &f.drain_failures {
             let _ = writeln!(out, "  drain incomplete: {failure}");
         }
+        for failure in &f.group_failures {
+            let _ = writeln!(out, "  consumer group incomplete: {failure}");
+        }
+        let g = &f.group;
+        if g.worker_runs > 0 {
+            let _ = writeln!(out, "-- consumer group");
+            let _ = writeln!(
+                out,
+                "  worker runs {} (restarts {})   leases taken {} (handed to another worker {})",
+                g.worker_runs, g.worker_restarts, g.leases_taken, g.lease_handovers
+            );
+            let _ = writeln!(
+                out,
+                "  batches {}   records processed {} ({} distinct)",
+                g.batches, g.records_processed, g.records_distinct
+            );
+            let _ = writeln!(
+                out,
+                "  checkpoints: ok {}   refused {}   unknown {}",
+                g.checkpoints_ok, g.checkpoints_fail, g.checkpoints_info
+            );
+            let finals: Vec<String> = g
+                .final_checkpoints
+                .iter()
+                .map(|(shard, at)| format!("{shard} {at}"))
+                .collect();
+            let _ = writeln!(out, "  final checkpoints: {}", finals.join(", "));
+        }
         let _ = writeln!(
             out,
-            "-- per shard (acked, records in final drain, anomalies)"
+            "-- per shard (acked, records in final drain, processed by the workers, anomalies)"
         );
         for (shard, figures) in &f.shards {
             let _ = writeln!(
                 out,
-                "  {shard}  {:>8} {:>8} {:>5}",
-                figures.acked, figures.drained, figures.anomalies
+                "  {shard}  {:>8} {:>8} {:>8} {:>5}",
+                figures.acked, figures.drained, figures.processed, figures.anomalies
             );
         }
         let _ = writeln!(out, "-- availability");
@@ -306,6 +365,9 @@ mod tests {
             "unavailability_ms_p50",
             "unavailability_ms_p99",
             "unavailability_ms_max",
+            "checkpoint_regressions",
+            "unprocessed_records",
+            "reprocessed_records",
         ];
         expected.sort_unstable();
         let mut keys = keys;
@@ -325,6 +387,35 @@ mod tests {
         });
         assert!(!lost.passed());
         assert!(lost.render().contains("RESULT: FAIL"));
+        for key in ["checkpoint_regressions", "unprocessed_records"] {
+            let mut bad = report.clone();
+            let list = if key == "checkpoint_regressions" {
+                &mut bad.findings.checkpoint_regressions
+            } else {
+                &mut bad.findings.unprocessed_records
+            };
+            list.push(Anomaly {
+                shard: "shardId-000000000000".into(),
+                detail: "x".into(),
+            });
+            assert!(!bad.passed());
+            let line = bad.render();
+            let value: serde_json::Value =
+                serde_json::from_str(line.lines().last().expect("a last line")).expect("json");
+            assert_eq!(value[key], 1);
+        }
+        let mut incomplete = report.clone();
+        incomplete
+            .findings
+            .group_failures
+            .push("no final lease table".into());
+        assert!(!incomplete.passed());
+        let mut reprocessed = report.clone();
+        reprocessed.findings.reprocessed_records.push(Anomaly {
+            shard: "shardId-000000000000".into(),
+            detail: "x".into(),
+        });
+        assert!(reprocessed.passed());
         let mut broken = report.clone();
         broken
             .run_errors

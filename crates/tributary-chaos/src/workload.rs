@@ -134,6 +134,7 @@ fn definitely_not_applied(code: Option<ErrorCode>) -> bool {
                 | ErrorCode::LimitExceeded
                 | ErrorCode::ProvisionedThroughputExceeded
                 | ErrorCode::ShardClosed
+                | ErrorCode::StorageFull
         )
     )
 }

@@ -122,6 +122,128 @@ impl Builder {
         self
     }
 
+    /// An invocation and its completion, `fields` set on both.
+    fn pair(&mut self, kind: OpType, fields: Op) -> &mut Self {
+        let id = self.id();
+        let invoked = self.tick();
+        self.ops.push(Op {
+            id,
+            kind: OpType::Invoke,
+            time_ns: invoked,
+            ..fields.clone()
+        });
+        let done = self.tick();
+        self.ops.push(Op {
+            id,
+            kind,
+            time_ns: done,
+            ..fields
+        });
+        self
+    }
+
+    /// One run of consumer-group worker `worker` (process 2000 + worker, through its node).
+    fn worker_run(&mut self, worker: u64, kind: OpType) -> &mut Self {
+        self.pair(
+            kind,
+            Op::new(0, 2000 + worker, kind, OpFn::Worker, worker, 0),
+        )
+    }
+
+    /// Worker `worker` took the lease of `shard` at `epoch`, starting after `start` (None:
+    /// TRIM_HORIZON).
+    fn lease(&mut self, worker: u64, shard: &str, epoch: u64, start: Option<u128>) -> &mut Self {
+        self.pair(
+            OpType::Ok,
+            Op {
+                shard: Some(shard.into()),
+                seq: start.map(|s| s.to_string()),
+                epoch: Some(epoch),
+                ..Op::new(0, 2000 + worker, OpType::Ok, OpFn::Lease, worker, 0)
+            },
+        )
+    }
+
+    /// Processor `processor` of worker `worker` was handed a batch.
+    fn process(
+        &mut self,
+        worker: u64,
+        processor: u64,
+        shard: &str,
+        epoch: u64,
+        records: &[(u128, &str)],
+    ) -> &mut Self {
+        self.pair(
+            OpType::Ok,
+            Op {
+                shard: Some(shard.into()),
+                epoch: Some(epoch),
+                chain: Some(processor),
+                records: Self::records(records),
+                ..Op::new(0, 2000 + worker, OpType::Ok, OpFn::Process, worker, 0)
+            },
+        )
+    }
+
+    fn checkpoint(
+        &mut self,
+        worker: u64,
+        shard: &str,
+        epoch: u64,
+        seq: u128,
+        kind: OpType,
+    ) -> &mut Self {
+        self.pair(
+            kind,
+            Op {
+                shard: Some(shard.into()),
+                seq: Some(seq.to_string()),
+                epoch: Some(epoch),
+                ..Op::new(0, 2000 + worker, kind, OpFn::Checkpoint, worker, 0)
+            },
+        )
+    }
+
+    /// Node `node` lists `shard` at `checkpoint` (None: nothing checkpointed) in the final
+    /// lease table.
+    fn table(
+        &mut self,
+        node: u64,
+        shard: &str,
+        epoch: u64,
+        checkpoint: Option<u128>,
+        shard_end: bool,
+    ) -> &mut Self {
+        self.pair(
+            OpType::Ok,
+            Op {
+                shard: Some(shard.into()),
+                seq: checkpoint.map(|s| s.to_string()),
+                epoch: Some(epoch),
+                shard_end,
+                ..Op::new(0, 3000 + node, OpType::Ok, OpFn::LeaseTable, node, 0)
+            },
+        )
+    }
+
+    /// The same final lease table row through nodes 1, 2 and 3.
+    fn table_all(&mut self, shard: &str, epoch: u64, checkpoint: Option<u128>) -> &mut Self {
+        for node in 1..=3 {
+            self.table(node, shard, epoch, checkpoint, false);
+        }
+        self
+    }
+
+    /// Three acknowledged puts into S0 at 10, 11 and 12, drained by every node.
+    fn three_records() -> Builder {
+        let mut h = Builder::default();
+        h.ok(1, "1:0", S0, 10)
+            .ok(1, "1:1", S0, 11)
+            .ok(1, "1:2", S0, 12)
+            .drain_all(S0, &[(10, "1:0"), (11, "1:1"), (12, "1:2")]);
+        h
+    }
+
     fn check(&self) -> Findings {
         check(&self.ops)
     }
@@ -141,6 +263,9 @@ fn figures(f: &Findings) -> Vec<(&'static str, usize)> {
         ("divergent_nodes", f.divergent_nodes.len()),
         ("server_duplicates", f.server_duplicates.len()),
         ("drain_failures", f.drain_failures.len()),
+        ("checkpoint_regressions", f.checkpoint_regressions.len()),
+        ("unprocessed_records", f.unprocessed_records.len()),
+        ("group_failures", f.group_failures.len()),
     ]
 }
 
@@ -481,4 +606,249 @@ fn quantiles_use_the_nearest_rank() {
     assert_eq!(quantile(&values, 0.5), 50);
     assert_eq!(quantile(&values, 0.99), 99);
     assert_eq!(quantile(&values, 1.0), 100);
+}
+
+/// Worker 1 processes S0 to 11 at epoch 1 and checkpoints it; its lease moves to worker 2
+/// (epoch 2), which starts after `start` and processes the rest; the final table lists
+/// `final_checkpoint` on every node.
+fn takeover(start: Option<u128>, final_checkpoint: u128) -> Builder {
+    let mut h = Builder::three_records();
+    h.worker_run(1, OpType::Ok)
+        .worker_run(2, OpType::Ok)
+        .lease(1, S0, 1, None)
+        .process(1, 1, S0, 1, &[(10, "1:0")])
+        .checkpoint(1, S0, 1, 10, OpType::Ok)
+        .process(1, 1, S0, 1, &[(11, "1:1")])
+        .checkpoint(1, S0, 1, 11, OpType::Ok)
+        // Worker 1 processed 12 but lost the lease before its checkpoint went through.
+        .process(1, 1, S0, 1, &[(12, "1:2")])
+        .checkpoint(1, S0, 1, 12, OpType::Fail)
+        .lease(2, S0, 2, start);
+    let after = start.unwrap_or(0);
+    let rest: Vec<(u128, &str)> = [(10, "1:0"), (11, "1:1"), (12, "1:2")]
+        .into_iter()
+        .filter(|(seq, _)| *seq > after)
+        .collect();
+    h.process(2, 2, S0, 2, &rest)
+        .checkpoint(2, S0, 2, 12, OpType::Ok)
+        .table_all(S0, 2, Some(final_checkpoint));
+    h
+}
+
+#[test]
+fn a_consumer_group_takeover_passes_and_reprocesses_after_the_checkpoint() {
+    let f = takeover(Some(11), 12).check();
+    assert_only(&f, &[]);
+    assert!(f.is_safe());
+    // 12 was processed by the old owner after its last committed checkpoint and again by
+    // the new one: allowed.
+    assert_eq!(f.reprocessed_records.len(), 1, "{f:#?}");
+    assert!(f.reprocessed_records[0].detail.contains("1:2 at 12"));
+    assert_eq!(f.group.worker_runs, 2);
+    assert_eq!(f.group.worker_restarts, 0);
+    assert_eq!(f.group.leases_taken, 2);
+    assert_eq!(f.group.lease_handovers, 1);
+    assert_eq!(f.group.batches, 4);
+    assert_eq!(f.group.records_processed, 4);
+    assert_eq!(f.group.records_distinct, 3);
+    assert_eq!(f.group.checkpoints_ok, 3);
+    assert_eq!(f.group.checkpoints_fail, 1);
+    assert_eq!(f.group.final_checkpoints[S0], "12");
+    assert_eq!(f.shards[S0].processed, 3);
+}
+
+#[test]
+fn a_history_without_workers_has_no_consumer_group_figures() {
+    let f = Builder::three_records().check();
+    assert_only(&f, &[]);
+    assert_eq!(f.group, GroupFigures::default());
+    assert!(f.reprocessed_records.is_empty());
+}
+
+#[test]
+fn records_processed_by_one_owner_only_are_not_reprocessed() {
+    let mut h = Builder::three_records();
+    h.worker_run(1, OpType::Ok)
+        .lease(1, S0, 1, None)
+        .process(1, 1, S0, 1, &[(10, "1:0"), (11, "1:1"), (12, "1:2")])
+        .checkpoint(1, S0, 1, 12, OpType::Ok)
+        .table_all(S0, 1, Some(12));
+    let f = h.check();
+    assert_only(&f, &[]);
+    assert!(f.reprocessed_records.is_empty(), "{f:#?}");
+    assert_eq!(f.group.records_distinct, 3);
+}
+
+#[test]
+fn a_lease_started_below_an_acknowledged_checkpoint_is_a_regression() {
+    // Worker 2 took over at epoch 2 but was handed TRIM_HORIZON although 11 was
+    // committed at epoch 1.
+    let f = takeover(None, 12).check();
+    assert_only(&f, &[("checkpoint_regressions", 1)]);
+    assert!(f.checkpoint_regressions[0]
+        .detail
+        .contains("started at TRIM_HORIZON"));
+    assert!(f.checkpoint_regressions[0]
+        .detail
+        .contains("checkpoint 11 acknowledged to worker 2001 at epoch 1"));
+    assert!(!f.is_safe());
+}
+
+#[test]
+fn an_acknowledged_checkpoint_below_one_of_an_earlier_epoch_is_a_regression() {
+    let mut h = takeover(Some(11), 12);
+    // Worker 2 checkpoints 10 at epoch 2 and the server accepts it.
+    h.checkpoint(2, S0, 2, 10, OpType::Ok);
+    let f = h.check();
+    assert_only(&f, &[("checkpoint_regressions", 1)]);
+    assert!(f.checkpoint_regressions[0]
+        .detail
+        .contains("checkpoint 10 acknowledged to worker 2002 at epoch 2"));
+    // Refused, the same checkpoint is no anomaly.
+    let mut h = takeover(Some(11), 12);
+    h.checkpoint(2, S0, 2, 10, OpType::Fail);
+    assert_only(&h.check(), &[]);
+}
+
+#[test]
+fn within_one_epoch_only_checkpoints_acknowledged_in_order_must_grow() {
+    let mut h = Builder::three_records();
+    h.worker_run(1, OpType::Ok)
+        .lease(1, S0, 1, None)
+        .process(1, 1, S0, 1, &[(10, "1:0"), (11, "1:1"), (12, "1:2")])
+        .checkpoint(1, S0, 1, 12, OpType::Ok)
+        .checkpoint(1, S0, 1, 11, OpType::Ok)
+        .table_all(S0, 1, Some(12));
+    let f = h.check();
+    // 11 was sent after 12 was acknowledged; the final tables (12) are fine.
+    assert_only(&f, &[("checkpoint_regressions", 1)]);
+
+    // Two checkpoints in flight at once may be applied in either order.
+    let mut h = Builder::three_records();
+    h.worker_run(1, OpType::Ok).lease(1, S0, 1, None).process(
+        1,
+        1,
+        S0,
+        1,
+        &[(10, "1:0"), (11, "1:1"), (12, "1:2")],
+    );
+    for (seq, id) in [(12, 90), (11, 91)] {
+        h.ops.push(Op {
+            shard: Some(S0.into()),
+            seq: Some(u128::to_string(&seq)),
+            epoch: Some(1),
+            ..Op::new(id, 2001, OpType::Invoke, OpFn::Checkpoint, 1, 100_000_000)
+        });
+    }
+    for (seq, id) in [(12, 90), (11, 91)] {
+        h.ops.push(Op {
+            shard: Some(S0.into()),
+            seq: Some(u128::to_string(&seq)),
+            epoch: Some(1),
+            ..Op::new(id, 2001, OpType::Ok, OpFn::Checkpoint, 1, 100_000_001)
+        });
+    }
+    h.now = 200_000_000;
+    h.table_all(S0, 1, Some(12));
+    assert_only(&h.check(), &[]);
+}
+
+#[test]
+fn a_final_lease_table_below_an_acknowledged_checkpoint_is_a_regression() {
+    let mut h = takeover(Some(11), 12);
+    // One node lists the checkpoint at 11 after 12 was acknowledged.
+    h.table(3, S0, 2, Some(11), false);
+    let f = h.check();
+    assert_only(&f, &[("checkpoint_regressions", 1)]);
+    assert!(f.checkpoint_regressions[0]
+        .detail
+        .contains("node 3 listed checkpoint 11"));
+    // SHARD_END is above every sequence number.
+    let mut h = takeover(Some(11), 12);
+    h.table(3, S0, 2, None, true);
+    let f = h.check();
+    assert_only(&f, &[]);
+    assert_eq!(f.group.final_checkpoints[S0], "SHARD_END");
+}
+
+#[test]
+fn a_record_below_the_final_checkpoint_that_no_worker_processed_is_unprocessed() {
+    // Worker 1 processed 10 only, yet 11 was checkpointed (the outcome reached nobody);
+    // worker 2 resumed after 11. Nobody processed 11.
+    let build = |processed_11: bool| {
+        let mut h = Builder::three_records();
+        h.worker_run(1, OpType::Ok)
+            .worker_run(2, OpType::Ok)
+            .lease(1, S0, 1, None)
+            .process(1, 1, S0, 1, &[(10, "1:0")]);
+        if processed_11 {
+            h.process(1, 1, S0, 1, &[(11, "1:1")]);
+        }
+        h.checkpoint(1, S0, 1, 11, OpType::Info)
+            .lease(2, S0, 2, Some(11))
+            .process(2, 2, S0, 2, &[(12, "1:2")])
+            .checkpoint(2, S0, 2, 12, OpType::Ok)
+            .table_all(S0, 2, Some(12));
+        h.check()
+    };
+    let f = build(false);
+    assert_only(&f, &[("unprocessed_records", 1)]);
+    assert!(f.unprocessed_records[0].detail.contains("1:1 at 11"));
+    assert!(!f.is_safe());
+    let f = build(true);
+    assert_only(&f, &[]);
+    assert_eq!(f.group.checkpoints_info, 1);
+}
+
+#[test]
+fn workers_that_stop_short_of_the_last_record_leave_the_check_incomplete() {
+    let mut h = Builder::three_records();
+    h.worker_run(1, OpType::Ok)
+        .lease(1, S0, 1, None)
+        .process(1, 1, S0, 1, &[(10, "1:0"), (11, "1:1")])
+        .checkpoint(1, S0, 1, 11, OpType::Ok)
+        .table_all(S0, 1, Some(11));
+    let f = h.check();
+    // 12 is above the final checkpoint: not unprocessed, but the run did not catch up.
+    assert_only(&f, &[("group_failures", 1)]);
+    assert!(f.group_failures[0].contains("did not reach the end"));
+    assert!(!f.is_safe());
+}
+
+#[test]
+fn workers_without_a_final_lease_table_leave_the_check_incomplete() {
+    let mut h = Builder::three_records();
+    h.worker_run(1, OpType::Info)
+        .worker_run(1, OpType::Ok)
+        .lease(1, S0, 1, None)
+        .process(1, 1, S0, 1, &[(10, "1:0"), (11, "1:1"), (12, "1:2")]);
+    let f = h.check();
+    assert_only(&f, &[("group_failures", 1)]);
+    assert!(f.group_failures[0].contains("no final lease table"));
+    assert_eq!(f.group.worker_runs, 2);
+    assert_eq!(f.group.worker_restarts, 1);
+}
+
+#[test]
+fn processed_batches_are_reads_checked_like_chains() {
+    let mut h = Builder::three_records();
+    h.worker_run(1, OpType::Ok)
+        .lease(1, S0, 1, None)
+        .process(1, 1, S0, 1, &[(10, "1:0"), (11, "1:1")])
+        // The processor is handed a value nobody sent, then 11 again.
+        .process(1, 1, S0, 1, &[(12, "9:9"), (11, "1:1")])
+        .checkpoint(1, S0, 1, 12, OpType::Ok)
+        .table_all(S0, 1, Some(12));
+    let f = h.check();
+    // 9:9 at 12 also puts two values at one sequence number, and 1:2 was never processed.
+    assert_only(
+        &f,
+        &[
+            ("nonmonotonic_reads", 1),
+            ("phantom_reads", 1),
+            ("inconsistent_sequence", 1),
+            ("unprocessed_records", 1),
+        ],
+    );
+    assert!(f.nonmonotonic_reads[0].detail.starts_with("processor 1 "));
 }
