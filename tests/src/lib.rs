@@ -42,6 +42,7 @@ pub struct NodeProcess {
     /// Its data dir (kept across restarts).
     pub data_dir: PathBuf,
     extra_args: Vec<String>,
+    extra_env: Vec<(String, String)>,
     child: Option<Child>,
     log_path: PathBuf,
     remote: Remote,
@@ -69,6 +70,7 @@ impl NodeProcess {
             addr,
             data_dir: data_dir.to_path_buf(),
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            extra_env: Vec::new(),
             child: None,
             log_path: data_dir.with_extension("log"),
             remote: Remote {
@@ -101,12 +103,19 @@ impl NodeProcess {
             .arg(&self.data_dir)
             .args(&self.extra_args)
             .env("RUST_LOG", "info,openraft=warn")
+            .envs(self.extra_env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("dup log"))
             .stderr(log)
             .spawn()
             .expect("start tributary");
         self.child = Some(child);
+    }
+
+    /// Sets an environment variable for the next start of the process.
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.extra_env.retain(|(k, _)| k != key);
+        self.extra_env.push((key.to_string(), value.to_string()));
     }
 
     /// Whether the process is running.
@@ -385,12 +394,16 @@ impl Remote {
 
     /// Every record of every shard as read through `node`: shard id -> [(sequence, data)].
     pub async fn read_all(&self, stream: &str) -> ShardRecords {
+        self.try_read_all(stream)
+            .await
+            .unwrap_or_else(|s| panic!("read {stream} via {}: {s:?}", self.endpoint))
+    }
+
+    /// Like `read_all`, but the first failed read is returned instead of panicking.
+    pub async fn try_read_all(&self, stream: &str) -> Result<ShardRecords, tonic::Status> {
         let mut out = ShardRecords::new();
         for shard in self.shards(stream).await {
-            let records = self
-                .read_shard(stream, &shard.shard_id)
-                .await
-                .unwrap_or_else(|s| panic!("read {} via {}: {s:?}", shard.shard_id, self.endpoint));
+            let records = self.read_shard(stream, &shard.shard_id).await?;
             out.insert(
                 shard.shard_id.clone(),
                 records
@@ -404,7 +417,7 @@ impl Remote {
                     .collect(),
             );
         }
-        out
+        Ok(out)
     }
 
     /// Waits (60 s at most) until the node serves client requests.

@@ -375,3 +375,82 @@ async fn a_shard_follow_long_polls_and_prints_a_new_record() {
     assert_eq!(records.len(), 1);
     assert_eq!(records[0]["data"], "aGVsbG8=");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_stats_adds_up_every_node_and_shows_live_rates() {
+    let cluster = tributary_tests::Cluster::start(&[]).await;
+    let node = cluster.node(1);
+    node.remote().create_stream("stats", 2).await;
+    node.remote().wait_active("stats").await;
+    for i in 0..200 {
+        let via = cluster.node(1 + i % 3);
+        via.remote().put_acked("stats", &format!("k{i}"), "x").await;
+    }
+    // Keep writing through node 2 while the command samples.
+    let writer = {
+        let remote = cluster.node(2).remote();
+        tokio::spawn(async move {
+            for i in 0.. {
+                remote.put_acked("stats", &format!("w{i}"), "y").await;
+            }
+        })
+    };
+    let out = tokio::task::block_in_place(|| {
+        ok(trib(
+            node,
+            &[
+                "stream",
+                "stats",
+                "stats",
+                "--interval",
+                "1s",
+                "--output",
+                "json",
+            ],
+            None,
+        ))
+    });
+    writer.abort();
+    let rows: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json line"))
+        .collect();
+    assert_eq!(rows.len(), 2, "{out}");
+    let mut incoming = 0;
+    let mut rate = 0.0;
+    for row in &rows {
+        assert_eq!(row["replicas"], 3, "{row}");
+        assert_eq!(row["state"], "open", "{row}");
+        assert!(
+            row["leader"].as_u64().is_some_and(|l| (1..=3).contains(&l)),
+            "{row}"
+        );
+        assert!(
+            row["applied_index"].as_u64().is_some_and(|i| i > 0),
+            "{row}"
+        );
+        assert!(row["disk_bytes"].as_u64().is_some_and(|b| b > 0), "{row}");
+        incoming += row["incoming_records_total"].as_u64().expect("total");
+        rate += row["incoming_records_per_sec"].as_f64().expect("rate");
+    }
+    // Each node counts the writes it answered; the sum is every acknowledged write.
+    assert!(incoming >= 200, "{out}");
+    assert!(rate > 0.0, "the writer's traffic shows as a rate: {out}");
+
+    let table = tokio::task::block_in_place(|| ok(trib(node, &["stream", "stats", "stats"], None)));
+    assert!(
+        table.contains("IN_REC/S") && table.contains("shardId-000000000001"),
+        "{table}"
+    );
+
+    let missing = trib(node, &["stream", "stats", "nope"], None);
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("ResourceNotFound"));
+    let bad = trib(
+        node,
+        &["stream", "stats", "stats", "--interval", "5ms"],
+        None,
+    );
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("100ms..=60s"));
+}

@@ -12,14 +12,14 @@ use tributary_proto::v1::{
     AddTagsToStreamRequest, CheckpointRequest, ClusterStatusRequest, ClusterStatusResponse,
     Consumer, ConsumerStatus, CreateStreamRequest, DeleteStreamRequest,
     DeregisterStreamConsumerRequest, DescribeStreamConsumerRequest, DescribeStreamRequest,
-    DescribeStreamSummaryRequest, ErrorCode, GetRecordsRequest, GetRecordsResponse, Lease,
-    ListLeasesRequest, ListShardsRequest, ListStreamConsumersRequest, ListStreamsRequest,
-    ListTagsForStreamRequest, MergeShardsRequest, PutRecordRequest, PutRecordResponse,
-    PutRecordsEntry, PutRecordsRequest, PutRecordsResponse, RegisterStreamConsumerRequest,
-    ReleaseLeaseRequest, RemoveTagsFromStreamRequest, RenewLeasesRequest, ReplaceNodeRequest,
-    Shard, SplitShardRequest, StreamDescription, StreamStatus, StreamSummary,
-    SubscribeToShardEvent, SubscribeToShardRequest, TakeLeaseRequest, UpdateShardCountRequest,
-    UpdateStreamRetentionRequest,
+    DescribeStreamSummaryRequest, ErrorCode, GetRecordsRequest, GetRecordsResponse,
+    GetShardStatsRequest, GetShardStatsResponse, Lease, ListLeasesRequest, ListShardsRequest,
+    ListStreamConsumersRequest, ListStreamsRequest, ListTagsForStreamRequest, MergeShardsRequest,
+    PutRecordRequest, PutRecordResponse, PutRecordsEntry, PutRecordsRequest, PutRecordsResponse,
+    RegisterStreamConsumerRequest, ReleaseLeaseRequest, RemoveTagsFromStreamRequest,
+    RenewLeasesRequest, ReplaceNodeRequest, Shard, SplitShardRequest, StreamDescription,
+    StreamStatus, StreamSummary, SubscribeToShardEvent, SubscribeToShardRequest, TakeLeaseRequest,
+    UpdateShardCountRequest, UpdateStreamRetentionRequest,
 };
 
 use crate::{Error, StartingPosition};
@@ -243,6 +243,17 @@ impl Client {
         };
         let response = self.streams.clone().list_shards(request).await?;
         Ok(response.into_inner().shards)
+    }
+
+    /// The connected node's own figures for each shard of `stream` it holds a replica of
+    /// (traffic it served, raft position, disk use). With a list of endpoints, the node
+    /// that answers is named in the response.
+    pub async fn shard_stats(&self, stream: &str) -> Result<GetShardStatsResponse, Error> {
+        let request = GetShardStatsRequest {
+            stream_name: stream.to_owned(),
+        };
+        let response = self.streams.clone().get_shard_stats(request).await?;
+        Ok(response.into_inner())
     }
 
     /// Writes one record; `options` may pin its hash key or order it after an earlier record.

@@ -93,6 +93,7 @@ pub fn is_retryable_code(code: ErrorCode) -> bool {
             | ErrorCode::ProvisionedThroughputExceeded
             | ErrorCode::InternalFailure
             | ErrorCode::ShardClosed
+            | ErrorCode::StorageFull
     )
 }
 

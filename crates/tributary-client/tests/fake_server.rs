@@ -607,6 +607,13 @@ impl StreamService for FakeTributary {
     ) -> Result<Response<tributary_proto::v1::CheckpointResponse>, Status> {
         Err(Status::unimplemented("leases are not faked"))
     }
+
+    async fn get_shard_stats(
+        &self,
+        _: Request<tributary_proto::v1::GetShardStatsRequest>,
+    ) -> Result<Response<tributary_proto::v1::GetShardStatsResponse>, Status> {
+        Err(Status::unimplemented("shard stats are not faked"))
+    }
 }
 
 #[tonic::async_trait]

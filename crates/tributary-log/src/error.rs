@@ -78,6 +78,15 @@ pub enum LogError {
         supported: u16,
     },
 
+    /// [`crate::Log::repair`] would not put the offered copy in place.
+    #[error("cannot repair index {index}: {why}")]
+    RepairRefused {
+        /// The index to repair.
+        index: u64,
+        /// Why not.
+        why: String,
+    },
+
     /// An earlier fsync or partial mutation failed, so the in-memory view may no longer match the
     /// disk; the log refuses writes until it is reopened (which re-derives state from the files).
     #[error("the log refuses writes after an earlier failure ({0}); reopen it to recover")]

@@ -13,6 +13,7 @@
 
 mod config;
 mod error;
+pub mod fault;
 mod frame;
 mod index;
 mod log;
@@ -20,6 +21,7 @@ mod purge_point;
 mod recovery;
 mod scan;
 mod segment;
+mod unsynced_marker;
 
 #[cfg(test)]
 mod tests;

@@ -29,6 +29,10 @@ use crate::recovery::{
 };
 use crate::scan::{FrameReader, Peek};
 use crate::segment::{sync_dir, Segment, SEGMENT_HEADER_LEN};
+use crate::unsynced_marker;
+
+/// Bytes a scrub reads per step.
+const SCRUB_CHUNK_BYTES: usize = 4 * 1024 * 1024;
 
 /// Smallest `pread` of a read or header scan.
 const SMALL_READ_AHEAD: usize = 4096;
@@ -173,8 +177,6 @@ impl Log {
         // recover() fsynced the active segment, so everything on disk is durable now.
         state.durable = state.physical_last();
         let mut report = recovered.report;
-        report.first_index = state.first_index();
-        report.last_index = state.last_index();
         let log = Log {
             dir: dir.to_path_buf(),
             config,
@@ -182,7 +184,42 @@ impl Log {
             truncations: AtomicU64::new(0),
             purge: Mutex::new(recovered.purge_point),
         };
+        if let Some(durable) = unsynced_marker::read(dir)? {
+            // An earlier fsync failed: only what was durable before it can be trusted.
+            let before = log.batch_count();
+            log.truncate_after(durable)?;
+            unsynced_marker::remove(dir)?;
+            report.dropped_after_failed_sync = before - log.batch_count();
+            warn!(
+                dir = %dir.display(),
+                ?durable,
+                dropped = report.dropped_after_failed_sync,
+                "an earlier fsync failed: dropped the batches written after the last good sync"
+            );
+        }
+        report.first_index = log.first_index();
+        report.last_index = log.last_index();
         Ok((log, report))
+    }
+
+    /// Refuses writes from now on and leaves a marker naming the last index known durable, so
+    /// the next open drops everything after it. After a failed fsync the kernel may have marked
+    /// the dirty pages clean without writing them: the page cache (which outlives this process)
+    /// would show those frames, and a later fsync would succeed, so without the marker a reopen
+    /// would count never-persisted frames as durable.
+    fn poison(&self, st: &mut State, error: &LogError) {
+        st.poison(error);
+        if let Err(marker_error) = unsynced_marker::write(&self.dir, st.durable) {
+            error!(%marker_error, "cannot leave the unsynced-tail marker; a reopen in this boot may keep frames that never reached the disk");
+        }
+    }
+
+    /// How many batches are readable.
+    fn batch_count(&self) -> u64 {
+        match (self.first_index(), self.last_index()) {
+            (Some(first), Some(last)) => last - first + 1,
+            _ => 0,
+        }
     }
 
     /// The directory this log lives in.
@@ -278,7 +315,7 @@ impl Log {
             // Cut the partial write so a later append (or recovery) does not meet garbage.
             if let Err(e) = active.file.set_len(offset) {
                 let rollback = LogError::io("truncate partial write", &active.path, e);
-                st.poison(&rollback);
+                self.poison(st, &rollback);
             }
             warn!(%error, "append failed");
             return Err(error);
@@ -312,7 +349,7 @@ impl Log {
             Some(active) if active.sealed => true,
             Some(active) if !active.has_frames() => active.base != first,
             Some(active) => {
-                active.next_index() != first
+                active.next_index() != Some(first)
                     || active.size + incoming > self.config.segment_max_bytes
                     || self.is_aged(active, now_ms)
             }
@@ -340,7 +377,7 @@ impl Log {
     /// A failure part way leaves memory and disk out of step, so it poisons the log.
     fn roll(&self, st: &mut State, base: u64, now_ms: i64) -> Result<(), LogError> {
         if let Err(e) = self.roll_files(st, base, now_ms) {
-            st.poison(&e);
+            self.poison(st, &e);
             return Err(e);
         }
         // The old active segment may be wholly purged (the log was emptied by a purge).
@@ -403,11 +440,11 @@ impl Log {
             )
         };
         // Only the active segment can hold unsynced data: segments are fsynced when sealed.
-        if let Err(e) = file.sync_data() {
+        if let Err(e) = crate::fault::sync_data(&file) {
             // After a failed fsync the kernel may have dropped the dirty pages: nothing written
             // since the last good sync can be trusted, so stop accepting writes.
             let error = LogError::io("fdatasync active segment", &path, e);
-            self.write_state().poison(&error);
+            self.poison(&mut self.write_state(), &error);
             return Err(error);
         }
         let mut st = self.write_state();
@@ -491,7 +528,8 @@ impl Log {
                 self.config.max_batch_bytes,
             )
             .with_readahead(max_bytes.saturating_add(SMALL_READ_AHEAD));
-            let mut expected = view.start_index;
+            // `None` after a frame at index u64::MAX: no frame may follow it.
+            let mut expected = Some(view.start_index);
             loop {
                 if out.len() >= max_batches {
                     return Ok(out);
@@ -499,13 +537,14 @@ impl Log {
                 let pos = reader.pos();
                 let header = match reader.peek().map_err(io)? {
                     Peek::End => break,
-                    Peek::Frame(h) if h.index == expected => h,
+                    Peek::Frame(h) if Some(h.index) == expected => h,
                     Peek::Frame(h) => {
+                        let expected = expected.map_or("none".to_owned(), |e| e.to_string());
                         return Err(LogError::corruption(
                             &view.path,
                             pos,
                             format!("frame has index {}, expected {expected}", h.index),
-                        ))
+                        ));
                     }
                     Peek::Incomplete => {
                         return Err(LogError::corruption(
@@ -516,7 +555,7 @@ impl Log {
                     }
                     Peek::BadLength(e) => return Err(frame_error(&view.path, pos, e)),
                 };
-                expected += 1;
+                expected = header.index.checked_add(1);
                 if header.index < from {
                     reader.skip(&header);
                     continue;
@@ -540,15 +579,11 @@ impl Log {
                 bytes += payload;
                 out.push(batch);
             }
-            if expected != view.last_index + 1 {
+            if expected != view.last_index.checked_add(1) {
                 return Err(LogError::corruption(
                     &view.path,
                     view.end,
-                    format!(
-                        "segment data ends at index {}, expected {}",
-                        expected.saturating_sub(1),
-                        view.last_index
-                    ),
+                    format!("segment data does not end at index {}", view.last_index),
                 ));
             }
         }
@@ -702,6 +737,130 @@ impl Log {
         Ok(None)
     }
 
+    /// The lowest index at or after `from` whose stored frame fails its checks (a scrub), or
+    /// `None` when every frame up to the last index verifies. Reads the log like a consumer
+    /// would, `SCRUB_CHUNK_BYTES` at a time, so it can run beside appends.
+    pub fn first_corrupt_index(&self, from: u64) -> Result<Option<u64>, LogError> {
+        let Some(last) = self.last_index() else {
+            return Ok(None);
+        };
+        let mut next = from.max(self.first_index().unwrap_or(from));
+        while next <= last {
+            match self.read(next, usize::MAX, SCRUB_CHUNK_BYTES) {
+                Ok(batches) => match batches.last().and_then(|b| b.index.checked_add(1)) {
+                    Some(after) => next = after,
+                    None => return Ok(None),
+                },
+                Err(LogError::Corruption { .. }) => {
+                    // A chunk failed: find the first frame that does, one at a time.
+                    loop {
+                        match self.read(next, 1, usize::MAX) {
+                            Ok(batches) if !batches.is_empty() => match next.checked_add(1) {
+                                Some(after) => next = after,
+                                None => return Ok(None),
+                            },
+                            Ok(_) => return Ok(None),
+                            Err(LogError::Corruption { .. }) => return Ok(Some(next)),
+                            Err(other) => return Err(other),
+                        }
+                    }
+                }
+                Err(LogError::Purged { first, .. }) => next = first,
+                Err(other) => return Err(other),
+            }
+        }
+        Ok(None)
+    }
+
+    /// Rewrites the stored frame of `batch.index` with `batch` (a copy of the same entry from
+    /// another replica) when the stored frame fails its checks. Returns `false` when the stored
+    /// frame verifies and equals `batch` (nothing to repair).
+    ///
+    /// Refused ([`LogError::RepairRefused`]) when an earlier frame of the segment is corrupt too
+    /// (repair the lowest first), when the index is not durable yet, when the stored frame is
+    /// valid but different, or when `batch` would not end exactly where the next stored frame
+    /// begins: a replacement must fit the hole it fills, byte for byte.
+    pub fn repair(&self, batch: &Batch) -> Result<bool, LogError> {
+        let mut guard = self.write_state();
+        let st = &mut *guard;
+        st.check_poisoned()?;
+        let index = batch.index;
+        let refuse = |why: String| Err(LogError::RepairRefused { index, why });
+        if st.durable.is_none_or(|d| index > d) {
+            return refuse("the index is not durable on this replica".into());
+        }
+        let Some(position) = st.segment_for(index) else {
+            return refuse("no segment holds this index".into());
+        };
+        let max_batch_bytes = self.config.max_batch_bytes;
+        let segment = &st.segments[position];
+        let entry = segment
+            .index
+            .floor_by_index(index)
+            .expect("invariant: a segment's sparse index has an entry for its first batch");
+        // Walk to the frame, verifying every frame on the way.
+        let mut reader =
+            FrameReader::new(&segment.file, entry.offset, segment.size, max_batch_bytes);
+        let io = |e| LogError::io("read segment for repair", &segment.path, e);
+        let mut expected = entry.index;
+        while expected < index {
+            let pos = reader.pos();
+            let verified = match reader.peek().map_err(io)? {
+                Peek::Frame(h) if h.index == expected => reader.read_frame(&h).map_err(io)?.is_ok(),
+                _ => false,
+            };
+            if !verified {
+                return refuse(format!(
+                    "frame {expected} (byte {pos} of {}) is corrupt too; repair it first",
+                    segment.path.display()
+                ));
+            }
+            expected += 1;
+        }
+        let offset = reader.pos();
+        if let Peek::Frame(h) = reader.peek().map_err(io)? {
+            if h.index == index {
+                if let Ok(stored) = reader.read_frame(&h).map_err(io)? {
+                    if stored == *batch {
+                        return Ok(false);
+                    }
+                    return refuse("the stored frame verifies but differs from the copy".into());
+                }
+            }
+        }
+        let mut frame = Vec::new();
+        encode_frame(batch, &mut frame);
+        let end = offset + frame.len() as u64;
+        let fits = if segment.last_index == Some(index) {
+            end == segment.size
+        } else {
+            let mut next = FrameReader::new(&segment.file, end, segment.size, max_batch_bytes);
+            match next.peek().map_err(io)? {
+                Peek::Frame(h) if h.index == index + 1 => next.read_frame(&h).map_err(io)?.is_ok(),
+                _ => false,
+            }
+        };
+        if !fits {
+            return refuse(format!(
+                "a {}-byte frame at byte {offset} would not end where frame {} begins",
+                frame.len(),
+                index + 1
+            ));
+        }
+        let path = segment.path.clone();
+        let file = segment.file.clone();
+        if let Err(e) = file
+            .write_all_at(&frame, offset)
+            .and_then(|()| crate::fault::sync_data(&file))
+        {
+            let error = LogError::io("rewrite repaired frame", &path, e);
+            self.poison(st, &error);
+            return Err(error);
+        }
+        warn!(index, offset, segment = %path.display(), "repaired a corrupt frame from a replica's copy");
+        Ok(true)
+    }
+
     /// Removes every batch after `index` (`None`: every batch), durably: later segments are
     /// deleted newest first, the containing one is cut and fdatasynced, then the directory is
     /// fsynced, so removed frames cannot come back after a crash. The purge point is unchanged.
@@ -718,7 +877,7 @@ impl Log {
         self.truncations.fetch_add(1, Ordering::AcqRel);
         let result = self.truncate_locked(st, index);
         if let Err(e) = &result {
-            st.poison(e);
+            self.poison(st, e);
         }
         result
     }
@@ -755,9 +914,7 @@ impl Log {
                     .file
                     .set_len(cut)
                     .map_err(|e| LogError::io("truncate segment", &segment.path, e))?;
-                segment
-                    .file
-                    .sync_data()
+                crate::fault::sync_data(&segment.file)
                     .map_err(|e| LogError::io("fdatasync truncated segment", &segment.path, e))?;
                 segment.size = cut;
                 segment.last_index = Some(index);
@@ -827,7 +984,10 @@ impl Log {
                 if last.has_frames()
                     && (last.sealed || now_ms.saturating_sub(last.created_ms) >= max_age) =>
             {
-                last.next_index()
+                match last.next_index() {
+                    Some(next) => next,
+                    None => return Ok(false), // nothing can follow index u64::MAX
+                }
             }
             _ => return Ok(false),
         };
@@ -882,11 +1042,14 @@ fn read_views(st: &State, from: u64, max_batches: usize, max_bytes: usize) -> Ve
             end: segment.size,
             last_index: last,
         };
-        let frames = last + 1 - from.max(segment.base);
-        batches += frames;
+        // Not `last + 1 - ..`: a batch may carry index u64::MAX. Saturating, because a damaged
+        // `.idx` can claim more frames than the segment holds (the read then reports it).
+        let frames = (last - from.max(segment.base)).saturating_add(1);
+        batches = batches.saturating_add(frames);
         if !views.is_empty() {
             // Payload bytes of a whole segment (the first view also holds skipped frames).
-            bytes += view.end - view.start - frames * FRAME_OVERHEAD as u64;
+            let overhead = frames.saturating_mul(FRAME_OVERHEAD as u64);
+            bytes = bytes.saturating_add((view.end - view.start).saturating_sub(overhead));
         }
         views.push(view);
         if batches >= max_batches as u64 || bytes > max_bytes as u64 {

@@ -87,8 +87,7 @@ pub(crate) fn store(dir: &Path, index: u64) -> Result<(), LogError> {
     let mut file = File::create(&tmp).map_err(|e| LogError::io("create purge point", &tmp, e))?;
     file.write_all(&encode(index))
         .map_err(|e| LogError::io("write purge point", &tmp, e))?;
-    file.sync_data()
-        .map_err(|e| LogError::io("fdatasync purge point", &tmp, e))?;
+    crate::fault::sync_data(&file).map_err(|e| LogError::io("fdatasync purge point", &tmp, e))?;
     drop(file);
     let path = purge_path(dir);
     fs::rename(&tmp, &path).map_err(|e| LogError::io("rename purge point", &path, e))?;

@@ -53,6 +53,9 @@ pub struct RecoveryReport {
     pub first_index: Option<u64>,
     /// Last index after recovery.
     pub last_index: Option<u64>,
+    /// Batches dropped because an earlier fsync had failed after they were written (see
+    /// `unsynced_marker.rs`): only what was durable before that failure is kept.
+    pub dropped_after_failed_sync: u64,
 }
 
 impl RecoveryReport {
@@ -221,7 +224,8 @@ pub(crate) fn recover(dir: &Path, config: &LogConfig) -> Result<Recovered, LogEr
 
     for pair in segments.windows(2) {
         let expected = pair[0].next_index();
-        if pair[1].base != expected {
+        if Some(pair[1].base) != expected {
+            let expected = expected.map_or("none".to_owned(), |e| e.to_string());
             return Err(LogError::corruption(
                 &pair[1].path,
                 0,
@@ -237,9 +241,7 @@ pub(crate) fn recover(dir: &Path, config: &LogConfig) -> Result<Recovered, LogEr
     // Make what open reports durable: the active segment (possibly just truncated) and the
     // directory (removed or rebuilt files).
     if let Some(active) = segments.last() {
-        active
-            .file
-            .sync_data()
+        crate::fault::sync_data(&active.file)
             .map_err(|e| LogError::io("fdatasync active segment", &active.path, e))?;
     }
     sync_dir(dir)?;
@@ -350,14 +352,15 @@ fn open_sealed(
             }
             Peek::BadLength(e) => return Err(frame_error(&segment.path, pos, e)),
             Peek::Frame(h) => {
-                if h.index != segment.next_index() {
+                let expected = segment.next_index();
+                if Some(h.index) != expected {
+                    let expected = expected.map_or("none".to_owned(), |e| e.to_string());
                     return Err(LogError::corruption(
                         &segment.path,
                         pos,
                         format!(
-                            "sealed segment frame has index {}, expected {}",
-                            h.index,
-                            segment.next_index()
+                            "sealed segment frame has index {}, expected {expected}",
+                            h.index
                         ),
                     ));
                 }
@@ -426,7 +429,8 @@ fn open_active(
                     .read_frame(&h)
                     .map_err(io)?
                     .map_err(|e| frame_error(&path, pos, e))?;
-                if batch.index != segment.next_index() {
+                // A frame after index u64::MAX is stale too: nothing can follow that index.
+                if Some(batch.index) != segment.next_index() {
                     let mut frames = 1;
                     while let Ok(Peek::Frame(h)) = reader.peek() {
                         match reader.read_frame(&h) {

@@ -197,7 +197,7 @@ pub(crate) fn parse_file_name(name: &str) -> Option<FileKind> {
 /// fsyncs a directory so that file creations, renames and deletions in it are durable.
 pub(crate) fn sync_dir(dir: &Path) -> Result<(), LogError> {
     File::open(dir)
-        .and_then(|d| d.sync_all())
+        .and_then(|d| crate::fault::sync_dir(&d))
         .map_err(|e| LogError::io("fsync directory", dir, e))
 }
 
@@ -242,7 +242,7 @@ impl Segment {
         let header = SegmentHeader { base, created_ms }.encode();
         file.write_all_at(&header, 0)
             .map_err(|e| LogError::io("write segment header", &path, e))?;
-        file.sync_data()
+        crate::fault::sync_data(&file)
             .map_err(|e| LogError::io("fdatasync new segment", &path, e))?;
         Ok(Segment::empty(path, file, base, created_ms))
     }
@@ -268,9 +268,13 @@ impl Segment {
         self.last_index.is_some()
     }
 
-    /// The index the next appended frame must carry.
-    pub fn next_index(&self) -> u64 {
-        self.last_index.map_or(self.base, |l| l + 1)
+    /// The index the next appended frame must carry; `None` after a frame at index u64::MAX,
+    /// which nothing can follow.
+    pub fn next_index(&self) -> Option<u64> {
+        match self.last_index {
+            None => Some(self.base),
+            Some(last) => last.checked_add(1),
+        }
     }
 
     /// Updates the bookkeeping for a frame of `len` bytes written at `offset`.
@@ -298,8 +302,7 @@ impl Segment {
     /// Makes the segment immutable: fdatasync its data, then write and fdatasync its `.idx`.
     /// The `.idx` needs no directory fsync: if its entry is lost in a crash it is rebuilt.
     pub fn seal(&mut self, dir: &Path) -> Result<(), LogError> {
-        self.file
-            .sync_data()
+        crate::fault::sync_data(&self.file)
             .map_err(|e| LogError::io("fdatasync segment being sealed", &self.path, e))?;
         if let Some(index) = self.index_file() {
             self.idx_bytes = write_index_file(dir, &index)?;
@@ -316,8 +319,7 @@ pub(crate) fn write_index_file(dir: &Path, index: &IndexFile) -> Result<u64, Log
     let mut file = File::create(&path).map_err(|e| LogError::io("create index", &path, e))?;
     file.write_all(&bytes)
         .map_err(|e| LogError::io("write index", &path, e))?;
-    file.sync_data()
-        .map_err(|e| LogError::io("fdatasync index", &path, e))?;
+    crate::fault::sync_data(&file).map_err(|e| LogError::io("fdatasync index", &path, e))?;
     Ok(bytes.len() as u64)
 }
 

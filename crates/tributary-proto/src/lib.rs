@@ -32,6 +32,7 @@ pub fn error_code_name(code: v1::ErrorCode) -> &'static str {
         ErrorCode::DataCorruption => "DataCorruption",
         ErrorCode::ShardClosed => "ShardClosed",
         ErrorCode::LeaseLost => "LeaseLost",
+        ErrorCode::StorageFull => "StorageFull",
     }
 }
 
@@ -50,6 +51,7 @@ pub fn error_code_from_name(name: &str) -> Option<v1::ErrorCode> {
         ErrorCode::DataCorruption,
         ErrorCode::ShardClosed,
         ErrorCode::LeaseLost,
+        ErrorCode::StorageFull,
     ]
     .into_iter()
     .find(|code| error_code_name(*code) == name)

@@ -72,6 +72,13 @@ pub struct NodeConfig {
     pub segment_max_bytes: u64,
     /// Roll an idle segment after this many seconds so retention can delete it.
     pub segment_max_age_secs: u64,
+    /// How often every shard log is read through and its checksums verified, in
+    /// milliseconds (0: only when a read meets a corrupt frame). Corrupt frames are
+    /// repaired from a replica (see `repair.rs`).
+    pub scrub_interval_ms: u64,
+    /// Free bytes to keep on the data directory's filesystem: below it, shard leaders
+    /// refuse writes with `StorageFull` and replicas stop taking appends (0: no floor).
+    pub min_free_disk_bytes: u64,
 }
 
 impl Default for NodeConfig {
@@ -101,9 +108,15 @@ impl Default for NodeConfig {
             election_timeout_max_ms: 1500,
             segment_max_bytes: 64 * 1024 * 1024,
             segment_max_age_secs: 3600,
+            scrub_interval_ms: 60 * 60 * 1000,
+            min_free_disk_bytes: 256 * 1024 * 1024,
         }
     }
 }
+
+/// The largest `election_timeout_max_ms` accepted (1 hour): a leader silent for longer than that
+/// is dead for any purpose.
+pub const MAX_ELECTION_TIMEOUT_MS: u64 = 60 * 60 * 1000;
 
 /// A configuration value that cannot work, with what is allowed.
 #[derive(Debug, thiserror::Error)]
@@ -164,6 +177,12 @@ impl NodeConfig {
                 "max_streams is 0; it must be at least 1".into(),
             ));
         }
+        if self.scrub_interval_ms != 0 && self.scrub_interval_ms < 1000 {
+            return Err(ConfigInvalid(format!(
+                "scrub_interval_ms is {}; it must be 0 (off) or at least 1000",
+                self.scrub_interval_ms
+            )));
+        }
         if self.retention_check_interval_ms < 100 {
             return Err(ConfigInvalid(format!(
                 "retention_check_interval_ms is {}; it must be at least 100",
@@ -200,6 +219,15 @@ impl NodeConfig {
             return Err(ConfigInvalid(format!(
                 "election_timeout_max_ms ({}) must be greater than election_timeout_min_ms ({})",
                 self.election_timeout_max_ms, self.election_timeout_min_ms
+            )));
+        }
+        // Raft (and the node's failure detection) does arithmetic on these timings, which a
+        // huge value overflowed (the `node_config` fuzz target checks that openraft takes every
+        // config this accepts). Bounding the largest of the three bounds all of them.
+        if self.election_timeout_max_ms > MAX_ELECTION_TIMEOUT_MS {
+            return Err(ConfigInvalid(format!(
+                "election_timeout_max_ms is {}; it must be at most {MAX_ELECTION_TIMEOUT_MS} (1 hour)",
+                self.election_timeout_max_ms
             )));
         }
         if self.segment_max_bytes < 1024 * 1024 {
@@ -311,6 +339,29 @@ mod tests {
     }
 
     #[test]
+    fn huge_election_timeouts_are_refused() {
+        // Regression: these validated, then overflowed in openraft's config validation
+        // (`heartbeat_interval * 13`, a panic in debug builds).
+        let config: NodeConfig = toml::from_str(
+            "heartbeat_interval_ms = 2000000000000000000\n\
+             election_timeout_min_ms = 3000000000000000000\n\
+             election_timeout_max_ms = 4000000000000000000\n",
+        )
+        .expect("parses");
+        let err = config.validate().expect_err("refused").to_string();
+        assert!(
+            err.contains("election_timeout_max_ms is 4000000000000000000"),
+            "{err}"
+        );
+        let longest = NodeConfig {
+            election_timeout_max_ms: MAX_ELECTION_TIMEOUT_MS,
+            ..Default::default()
+        };
+        longest.validate().expect("the bound itself is allowed");
+        crate::raft::raft_config(&longest, 1).expect("openraft takes it");
+    }
+
+    #[test]
     fn metrics_listen_needs_its_own_port() {
         let listen = SocketAddr::from(([127, 0, 0, 1], 7101));
         let config = NodeConfig {
@@ -363,6 +414,21 @@ mod tests {
             let err = config.validate().expect_err(peers).to_string();
             assert!(err.contains(why), "{peers}: {err}");
         }
+    }
+
+    #[test]
+    fn a_scrub_interval_below_a_second_is_refused() {
+        let config = NodeConfig {
+            scrub_interval_ms: 10,
+            ..NodeConfig::default()
+        };
+        let err = config.validate().expect_err("too short");
+        assert!(err.to_string().contains("scrub_interval_ms is 10"), "{err}");
+        let off = NodeConfig {
+            scrub_interval_ms: 0,
+            ..NodeConfig::default()
+        };
+        off.validate().expect("0 turns scrubbing off");
     }
 
     #[test]

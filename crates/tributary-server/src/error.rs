@@ -59,6 +59,10 @@ impl ApiError {
     pub fn lease_lost(message: impl Into<String>) -> Self {
         Self::new(ErrorCode::LeaseLost, message)
     }
+    /// The data directory's free space is below the configured floor.
+    pub fn storage_full(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::StorageFull, message)
+    }
     /// Stored data failed its checksum.
     pub fn corruption(message: impl Into<String>) -> Self {
         Self::new(ErrorCode::DataCorruption, message)
@@ -72,7 +76,9 @@ impl From<ApiError> for tonic::Status {
             ErrorCode::ResourceNotFound => tonic::Code::NotFound,
             ErrorCode::ResourceInUse => tonic::Code::FailedPrecondition,
             ErrorCode::LimitExceeded => tonic::Code::ResourceExhausted,
-            ErrorCode::ProvisionedThroughputExceeded => tonic::Code::ResourceExhausted,
+            ErrorCode::ProvisionedThroughputExceeded | ErrorCode::StorageFull => {
+                tonic::Code::ResourceExhausted
+            }
             ErrorCode::ExpiredIterator | ErrorCode::LeaseLost => tonic::Code::FailedPrecondition,
             ErrorCode::Unavailable | ErrorCode::ShardClosed => tonic::Code::Unavailable,
             ErrorCode::DataCorruption => tonic::Code::DataLoss,

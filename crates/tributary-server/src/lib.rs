@@ -5,6 +5,7 @@
 
 pub mod clock;
 pub mod config;
+pub mod disk_space;
 pub mod error;
 pub mod idempotence;
 pub mod identity;
@@ -17,6 +18,7 @@ pub mod quota;
 pub mod raft;
 pub mod raft_mux;
 pub mod reader;
+pub mod repair;
 pub mod reshard;
 pub mod retention;
 pub mod routing;

@@ -105,6 +105,13 @@ struct ServeArgs {
     /// Segment roll size in bytes.
     #[arg(long, env = "TRIBUTARY_SEGMENT_MAX_BYTES")]
     segment_max_bytes: Option<u64>,
+    /// How often every shard log's checksums are verified, in milliseconds (0: only when a
+    /// read meets a corrupt frame).
+    #[arg(long, env = "TRIBUTARY_SCRUB_INTERVAL_MS")]
+    scrub_interval_ms: Option<u64>,
+    /// Free bytes to keep on the data directory's filesystem (0: no floor).
+    #[arg(long, env = "TRIBUTARY_MIN_FREE_DISK_BYTES")]
+    min_free_disk_bytes: Option<u64>,
 }
 
 impl ServeArgs {
@@ -178,6 +185,12 @@ impl ServeArgs {
         if let Some(v) = self.segment_max_bytes {
             config.segment_max_bytes = v;
         }
+        if let Some(v) = self.scrub_interval_ms {
+            config.scrub_interval_ms = v;
+        }
+        if let Some(v) = self.min_free_disk_bytes {
+            config.min_free_disk_bytes = v;
+        }
         config.validate()?;
         Ok(config)
     }
@@ -201,6 +214,12 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Serve(args) => {
             let config = args.into_config()?;
+            // Test-only fault injection (docs/reliability.md): fsyncs fail while this file
+            // exists.
+            if let Some(trigger) = std::env::var_os("TRIBUTARY_FAULT_FSYNC_TRIGGER") {
+                tracing::warn!(trigger = ?trigger, "fault injection on: fsyncs fail while this file exists");
+                tributary_log::fault::fail_fsync_while_exists(trigger.into());
+            }
             tributary_server::server::raise_open_files_limit();
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()

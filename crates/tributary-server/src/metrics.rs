@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
+use tributary_proto::v1 as pb;
 
 use crate::node::{role_name, with_metrics, Node};
 
@@ -109,6 +110,16 @@ pub struct NodeMetrics {
     pub throttled_reads: AtomicU64,
     /// SubscribeToShard streams open on this node.
     pub open_subscriptions: AtomicU64,
+    /// Corrupt frames found by reads or scrubs.
+    pub corrupt_frames_found: AtomicU64,
+    /// Corrupt frames put back from a replica's copy.
+    pub corrupt_frames_repaired: AtomicU64,
+    /// Shard groups restarted from disk after their raft stopped on a storage error.
+    pub group_restarts_after_error: AtomicU64,
+    /// Writes refused because the data directory's free space was below the floor.
+    pub writes_refused_disk_floor: AtomicU64,
+    /// Free bytes on the data directory's filesystem at the last reading.
+    pub disk_free_bytes: AtomicU64,
     /// Millis behind latest of each enhanced fan-out consumer's subscription, by
     /// (stream, consumer, shard), from its newest event.
     consumer_lag: Mutex<std::collections::BTreeMap<(String, String, String), u64>>,
@@ -122,6 +133,11 @@ pub static METRICS: LazyLock<NodeMetrics> = LazyLock::new(|| NodeMetrics {
     throttled_writes: AtomicU64::new(0),
     throttled_reads: AtomicU64::new(0),
     open_subscriptions: AtomicU64::new(0),
+    corrupt_frames_found: AtomicU64::new(0),
+    corrupt_frames_repaired: AtomicU64::new(0),
+    group_restarts_after_error: AtomicU64::new(0),
+    writes_refused_disk_floor: AtomicU64::new(0),
+    disk_free_bytes: AtomicU64::new(0),
     consumer_lag: Mutex::new(Default::default()),
 });
 
@@ -230,6 +246,43 @@ pub fn render(node: &Node) -> String {
         out,
         "tributary_throttled_requests_total{{op=\"read\"}} {}",
         m.throttled_reads.load(Ordering::Relaxed)
+    );
+    for (name, about, value) in [
+        (
+            "tributary_corrupt_frames_found_total",
+            "Stored frames that failed their checksum on a read or a scrub.",
+            &m.corrupt_frames_found,
+        ),
+        (
+            "tributary_corrupt_frames_repaired_total",
+            "Corrupt frames replaced by a verified copy from a replica.",
+            &m.corrupt_frames_repaired,
+        ),
+        (
+            "tributary_group_restarts_after_error_total",
+            "Shard groups restarted from disk after a storage error stopped them.",
+            &m.group_restarts_after_error,
+        ),
+        (
+            "tributary_writes_refused_disk_floor_total",
+            "Writes refused because free disk space was below min_free_disk_bytes.",
+            &m.writes_refused_disk_floor,
+        ),
+    ] {
+        help(&mut out, name, "counter", about);
+        let _ = writeln!(out, "{name} {}", value.load(Ordering::Relaxed));
+    }
+    node.disk_space().free_bytes();
+    help(
+        &mut out,
+        "tributary_disk_free_bytes",
+        "gauge",
+        "Bytes free on the data directory's filesystem.",
+    );
+    let _ = writeln!(
+        out,
+        "tributary_disk_free_bytes {}",
+        m.disk_free_bytes.load(Ordering::Relaxed)
     );
 
     let metadata = node.metadata().clone();
@@ -359,24 +412,7 @@ pub fn render(node: &Node) -> String {
         "On the leader: entries each follower is behind the leader's log.",
     );
     for (labels, group) in &rows {
-        let lags: Vec<(u64, u64)> = with_metrics(&group.raft, |r| {
-            let last = r.last_log_index.unwrap_or(0);
-            r.replication
-                .as_ref()
-                .map(|map| {
-                    map.iter()
-                        .filter(|(id, _)| **id != node_id)
-                        .map(|(id, matched)| {
-                            (
-                                *id,
-                                last.saturating_sub(matched.as_ref().map_or(0, |m| m.index)),
-                            )
-                        })
-                        .collect()
-                })
-                .unwrap_or_default()
-        });
-        for (follower, lag) in lags {
+        for (follower, lag) in follower_lags(group, node_id) {
             let _ = writeln!(
                 out,
                 "tributary_shard_follower_lag_entries{{{labels},follower=\"{follower}\"}} {lag}"
@@ -468,4 +504,58 @@ pub async fn serve(addr: SocketAddr, node: Arc<Node>) -> anyhow::Result<()> {
         }
     });
     Ok(())
+}
+
+/// On a shard's leader: how many entries each follower is behind the leader's log (empty on
+/// a follower).
+pub fn follower_lags(group: &crate::node::ShardGroup, me: u64) -> Vec<(u64, u64)> {
+    with_metrics(&group.raft, |r| {
+        let last = r.last_log_index.unwrap_or(0);
+        r.replication
+            .as_ref()
+            .map(|map| {
+                map.iter()
+                    .filter(|(id, _)| **id != me)
+                    .map(|(id, matched)| {
+                        (
+                            *id,
+                            last.saturating_sub(matched.as_ref().map_or(0, |m| m.index)),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    })
+}
+
+/// This node's figures for one shard replica (`GetShardStats`; the same sources as the
+/// Prometheus series above).
+pub fn shard_stats(group: &crate::node::ShardGroup, me: u64, open: bool) -> pb::ShardStats {
+    let (leader_node_id, raft_term, last_log_index) = with_metrics(&group.raft, |r| {
+        (
+            r.current_leader.unwrap_or(0),
+            r.current_term,
+            r.last_log_index.unwrap_or(0),
+        )
+    });
+    let tip = *group.tip.borrow();
+    let traffic = &group.traffic;
+    pb::ShardStats {
+        shard_id: crate::metadata::shard_id(group.shard_index),
+        state: if open { "open" } else { "closed" }.to_string(),
+        leader_node_id,
+        leader: leader_node_id == me,
+        raft_term,
+        last_log_index,
+        applied_index: tip.applied_index,
+        incoming_records: traffic.records_in.load(Ordering::Relaxed),
+        incoming_bytes: traffic.bytes_in.load(Ordering::Relaxed),
+        outgoing_records: traffic.records_out.load(Ordering::Relaxed),
+        outgoing_bytes: traffic.bytes_out.load(Ordering::Relaxed),
+        millis_behind_latest: traffic.get_millis_behind.load(Ordering::Relaxed),
+        segments: group.log.log().segment_count() as u32,
+        disk_bytes: group.log.log().disk_bytes(),
+        follower_lag: follower_lags(group, me).into_iter().collect(),
+        last_record_ms: tip.last_record_ms,
+    }
 }

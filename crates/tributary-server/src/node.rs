@@ -63,6 +63,8 @@ pub struct ShardGroup {
     pub quota: Option<crate::quota::ShardQuota>,
     /// What this node served of the shard (Prometheus counters).
     pub traffic: crate::metrics::ShardTraffic,
+    /// Where a read that met a corrupt frame asks for a scrub and repair.
+    pub repair: crate::repair::RepairQueue,
 }
 
 impl ShardGroup {
@@ -129,6 +131,14 @@ pub struct Node {
     boot_id: u64,
     /// Live SubscribeToShard streams served here (takeover by newer ones).
     subscriptions: crate::service::fanout::Subscriptions,
+    /// The free-space floor of the data directory.
+    disk_space: Arc<crate::disk_space::DiskSpace>,
+    /// Groups to scrub and repair now; the receiver goes to the scrub loop at start.
+    repair: crate::repair::RepairQueue,
+    repair_requests: std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<GroupId>>>,
+    /// When each shard group whose raft stopped on a storage error was taken down, so it is
+    /// restarted after a pause rather than in a tight loop.
+    stopped_on_error: std::sync::Mutex<HashMap<GroupId, std::time::Instant>>,
 }
 
 fn groups_dir(config: &NodeConfig) -> PathBuf {
@@ -179,6 +189,7 @@ impl Node {
             log_config(&config),
             meta_store.clone(),
             flusher.clone(),
+            None,
         )?;
         tracing::info!(?report, "metadata log opened");
         let metadata_fresh = !log.has_state();
@@ -196,6 +207,11 @@ impl Node {
         )
         .await
         .map_err(io)?;
+        let (repair, repair_requests) = crate::repair::RepairQueue::new();
+        let disk_space = Arc::new(crate::disk_space::DiskSpace::new(
+            &config.data_dir,
+            config.min_free_disk_bytes,
+        ));
         Ok(Arc::new(Node {
             config,
             identity,
@@ -212,6 +228,10 @@ impl Node {
             draining: AtomicBool::new(false),
             boot_id: rand::random::<u64>().max(1),
             subscriptions: Default::default(),
+            repair,
+            disk_space,
+            repair_requests: std::sync::Mutex::new(Some(repair_requests)),
+            stopped_on_error: Default::default(),
         }))
     }
 
@@ -240,6 +260,14 @@ impl Node {
         tokio::spawn(Self::reconcile_loop(self.clone()));
         tokio::spawn(Self::rebalance_loop(self.clone()));
         tokio::spawn(crate::retention::run(self.clone()));
+        let repair_requests = self
+            .repair_requests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(requests) = repair_requests {
+            tokio::spawn(crate::repair::run(self.clone(), requests));
+        }
         if self.config.quiesce_after_ms > 0 && !self.peers.others().is_empty() {
             tokio::spawn(Self::quiesce_loop(self.clone()));
         }
@@ -369,6 +397,11 @@ impl Node {
             .filter(|id| **id != me)
             .filter_map(|id| self.peer_client(*id).ok())
             .collect()
+    }
+
+    /// The data directory's free-space floor.
+    pub fn disk_space(&self) -> &crate::disk_space::DiskSpace {
+        &self.disk_space
     }
 
     /// The other nodes.
@@ -867,6 +900,12 @@ impl Node {
         group: &ShardGroup,
         batch: RecordBatch,
     ) -> Result<LocalWrite<u64>, ApiError> {
+        if self.disk_space.below_floor()
+            && with_metrics(&group.raft, |m| m.current_leader) == Some(self.config.node_id)
+        {
+            self.disk_space
+                .admit_write(&crate::metadata::shard_id(group.shard_index))?;
+        }
         if let Some(quota) = &group.quota {
             let bytes: usize = batch
                 .records
@@ -1117,6 +1156,7 @@ impl Node {
         {
             self.stop_group(*group).await;
         }
+        let running = self.take_down_stopped_groups(running).await;
         for (group, (stream_id, shard_index)) in &desired {
             let corrupt = self
                 .failed
@@ -1124,13 +1164,17 @@ impl Node {
                 .unwrap_or_else(|p| p.into_inner())
                 .get(group)
                 .is_some_and(|e| e.code == tributary_proto::v1::ErrorCode::DataCorruption);
-            if running.contains(group) || corrupt {
+            if running.contains(group) || corrupt || self.restart_pending(*group) {
                 continue;
             }
             match self.start_group(*group, *stream_id, *shard_index).await {
                 Ok(()) => {
                     self.failed
                         .write()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(group);
+                    self.stopped_on_error
+                        .lock()
                         .unwrap_or_else(|p| p.into_inner())
                         .remove(group);
                 }
@@ -1204,6 +1248,68 @@ impl Node {
         crate::reshard::drive(self).await;
     }
 
+    /// Takes down the shard groups whose raft stopped on a fatal error (a failed fsync or
+    /// write: fail-stop, nothing more is acknowledged), keeping their files, so a later pass
+    /// restarts them from disk: the log's recovery drops whatever was written after the last
+    /// good fsync, and the replica catches up from its leader. Returns the groups still
+    /// running.
+    async fn take_down_stopped_groups(
+        &self,
+        running: std::collections::HashSet<GroupId>,
+    ) -> std::collections::HashSet<GroupId> {
+        let mut still_running = running;
+        for group in still_running.clone() {
+            let Some(shard) = self.shard_group(group) else {
+                continue;
+            };
+            let fatal = with_metrics(&shard.raft, |m| match &m.running_state {
+                Ok(()) => None,
+                Err(fatal) => Some(fatal.to_string()),
+            });
+            let Some(fatal) = fatal else { continue };
+            tracing::error!(group, %fatal, "shard group stopped on a storage error; restarting it from disk shortly");
+            self.shards
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&group);
+            let _ = shard.raft.shutdown().await;
+            self.failed.write().unwrap_or_else(|p| p.into_inner()).insert(
+                group,
+                ApiError::unavailable(format!(
+                    "shard {} stopped on this node after a storage error ({fatal}) and is restarting; retry",
+                    crate::metadata::shard_id(shard.shard_index)
+                )),
+            );
+            self.stopped_on_error
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(group, std::time::Instant::now());
+            crate::metrics::METRICS
+                .group_restarts_after_error
+                .fetch_add(1, Ordering::Relaxed);
+            still_running.remove(&group);
+        }
+        still_running
+    }
+
+    /// Whether a group taken down after a storage error is still in its pause before a
+    /// restart (a disk that keeps failing is retried every `RESTART_PAUSE`, not in a loop).
+    fn restart_pending(&self, group: GroupId) -> bool {
+        const RESTART_PAUSE: Duration = Duration::from_secs(2);
+        let mut stopped = self
+            .stopped_on_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        match stopped.get(&group) {
+            Some(at) if at.elapsed() < RESTART_PAUSE => true,
+            Some(_) => {
+                stopped.insert(group, std::time::Instant::now());
+                false
+            }
+            None => false,
+        }
+    }
+
     /// The cluster limits new streams and reshards are checked against.
     pub fn limits(&self) -> Limits {
         Limits {
@@ -1228,11 +1334,31 @@ impl Node {
                 log_config(&self.config),
                 self.meta_store.clone(),
                 self.flusher.clone(),
+                Some(self.disk_space.clone()),
             )
         })?;
         tracing::info!(group, stream_id, shard_index, ?report, "shard log opened");
-        let (sm, tip, producers) =
-            GroupStateMachine::shard(group, self.meta_store.clone(), log.clone())?;
+        let (sm, tip, producers) = match GroupStateMachine::shard(
+            group,
+            self.meta_store.clone(),
+            log.clone(),
+        ) {
+            Err(err) if is_corruption(&err) => {
+                // Replaying the log met a corrupt frame: put the committed entries back
+                // from a replica, then replay again.
+                tracing::error!(group, %err, "corrupt frame met while starting a shard group; repairing from a replica");
+                let applied = GroupStateMachine::persisted_applied_index(group, &self.meta_store)?;
+                if let Err(repair) =
+                    crate::repair::repair_log(self, group, log.log(), applied).await
+                {
+                    // Stays offline here with DataCorruption (restart the node to retry once
+                    // a replica with the data is up).
+                    anyhow::bail!("{err}; repair from a replica failed: {}", repair.message);
+                }
+                GroupStateMachine::shard(group, self.meta_store.clone(), log.clone())?
+            }
+            other => other?,
+        };
         let raft = Raft::new(
             self.config.node_id,
             raft_config(&self.config, group)?,
@@ -1260,6 +1386,7 @@ impl Node {
                 .quota_limits()
                 .map(crate::quota::ShardQuota::new),
             traffic: Default::default(),
+            repair: self.repair.clone(),
         });
         self.shards
             .write()
@@ -1341,9 +1468,16 @@ impl Node {
                 if moved >= MOVES_PER_ROUND {
                     break;
                 }
+                // Below the free-space floor this node leads nothing it can hand over.
+                let leave = node.disk_space.below_floor();
                 let target = with_metrics(&group.raft, |m| {
                     if m.current_leader != Some(me) {
                         return None;
+                    }
+                    if leave {
+                        return voter_ids(m).into_iter().find(|peer| {
+                            *peer != me && has_whole_log(m, *peer) && node.peers.can_lead(*peer)
+                        });
                     }
                     preferred_leader(group.group_id, &voter_ids(m))
                         .filter(|preferred| *preferred != me && has_whole_log(m, *preferred))
@@ -1617,6 +1751,13 @@ pub fn with_metrics<T>(raft: &Raft, read: impl FnOnce(&RaftMetrics) -> T) -> T {
     let metrics = raft.metrics();
     let metrics = openraft::async_runtime::WatchReceiver::borrow_watched(&metrics);
     read(&metrics)
+}
+
+/// Whether an I/O error carries the log engine's `Corruption`.
+fn is_corruption(err: &std::io::Error) -> bool {
+    err.get_ref()
+        .and_then(|e| e.downcast_ref::<tributary_log::LogError>())
+        .is_some_and(|e| matches!(e, tributary_log::LogError::Corruption { .. }))
 }
 
 /// The leader a group's replica currently knows of.

@@ -71,10 +71,11 @@ fn first_unexpired(shard: &ShardGroup, tip: &ShardTip, horizon_ms: i64) -> u64 {
     first.min(end)
 }
 
-fn log_error(err: tributary_log::LogError) -> ApiError {
+fn log_error(shard: &ShardGroup, err: tributary_log::LogError) -> ApiError {
     match err {
         tributary_log::LogError::Corruption { .. } => {
-            tracing::error!(%err, "corrupt shard data detected on read");
+            tracing::error!(%err, "corrupt shard data detected on read; queued for repair");
+            shard.repair.request(shard.group_id);
             ApiError::corruption(format!(
                 "stored data failed its checksum and was not returned: {err}"
             ))
@@ -128,7 +129,9 @@ pub fn last_sequence(shard: &ShardGroup) -> Result<Option<SequenceNumber>, ApiEr
         if index < first {
             return Ok(None);
         }
-        let batches = log.read(index, 1, usize::MAX).map_err(log_error)?;
+        let batches = log
+            .read(index, 1, usize::MAX)
+            .map_err(|e| log_error(shard, e))?;
         if let Some(batch) = batches.first() {
             if batch.record_count > 0 {
                 let slot = u16::try_from(batch.record_count - 1).unwrap_or(u16::MAX);
@@ -173,7 +176,7 @@ pub fn read(
         let want = usize::try_from(end - index).unwrap_or(usize::MAX).min(256);
         let batches = log
             .read(index, want, max_bytes.saturating_sub(bytes).max(1))
-            .map_err(log_error)?;
+            .map_err(|e| log_error(shard, e))?;
         if batches.is_empty() {
             break;
         }

@@ -7,6 +7,7 @@ pub mod get;
 pub mod put;
 pub mod shard;
 pub mod stream;
+pub mod stream_stats;
 
 use tributary_client::Client;
 

@@ -1,4 +1,4 @@
-//! `trib stream create|list|describe|delete|retention|scale|tag|untag|tags`.
+//! `trib stream create|list|describe|stats|delete|retention|scale|tag|untag|tags`.
 
 use std::io::Write;
 use std::time::Duration;
@@ -40,6 +40,15 @@ pub enum StreamCommand {
     Describe {
         /// The stream.
         name: String,
+    },
+    /// Per-shard traffic, raft position and disk use, gathered from every node: rates are
+    /// the difference of two samples `--interval` apart.
+    Stats {
+        /// The stream.
+        name: String,
+        /// Time between the two samples (e.g. 1s, 500ms, 5s; 100ms to 60s).
+        #[arg(long, default_value = "1s", value_parser = parse_interval)]
+        interval: Duration,
     },
     /// Delete a stream and all its records.
     Delete {
@@ -106,6 +115,9 @@ pub async fn run(context: &Context, command: StreamCommand) -> anyhow::Result<()
         }
         StreamCommand::List => list(context).await,
         StreamCommand::Describe { name } => describe(context, &name).await,
+        StreamCommand::Stats { name, interval } => {
+            super::stream_stats::stats(context, &name, interval).await
+        }
         StreamCommand::Delete { name } => delete(context, &name).await,
         StreamCommand::Retention { name, retention } => {
             let client = context.connect().await?;
@@ -297,9 +309,46 @@ fn plural(count: usize, noun: &str) -> String {
     }
 }
 
+/// `--interval`: a number with `ms` or `s`, from 100 ms to 60 s.
+fn parse_interval(input: &str) -> Result<Duration, String> {
+    let parsed = if let Some(ms) = input.strip_suffix("ms") {
+        ms.parse::<u64>().ok().map(Duration::from_millis)
+    } else if let Some(s) = input.strip_suffix('s') {
+        s.parse::<f64>()
+            .ok()
+            .filter(|s| s.is_finite() && *s >= 0.0)
+            .map(Duration::from_secs_f64)
+    } else {
+        None
+    };
+    match parsed {
+        Some(d) if d >= Duration::from_millis(100) && d <= Duration::from_secs(60) => Ok(d),
+        Some(_) => Err(format!("interval {input} is outside 100ms..=60s")),
+        None => Err(format!(
+            "interval {input:?} is not a duration like 500ms or 2s (100ms to 60s)"
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn intervals_parse_within_bounds() {
+        assert_eq!(parse_interval("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_interval("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_interval("1.5s"), Ok(Duration::from_millis(1500)));
+        assert!(parse_interval("50ms")
+            .expect_err("too short")
+            .contains("100ms..=60s"));
+        assert!(parse_interval("61s")
+            .expect_err("too long")
+            .contains("100ms..=60s"));
+        assert!(parse_interval("fast")
+            .expect_err("not a duration")
+            .contains("not a duration"));
+    }
 
     #[test]
     fn tags_split_at_the_first_equals_sign() {

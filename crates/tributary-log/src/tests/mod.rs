@@ -1,5 +1,6 @@
 //! Tests of the log engine through its public API, plus file surgery for crash scenarios.
 
+mod faults;
 mod model;
 mod operations;
 mod recovery;

@@ -540,3 +540,26 @@ fn disk_accounting_matches_the_files() -> TestResult {
     assert_eq!(log.disk_bytes(), disk_usage(dir.path()));
     Ok(())
 }
+
+#[test]
+fn a_batch_at_the_largest_index_reads_back() -> TestResult {
+    // Regression (fuzz target `log_recovery`): reading a log whose last batch has index
+    // u64::MAX overflowed `last + 1` (a panic in debug builds).
+    let dir = tempfile::tempdir()?;
+    let last = vec![batch(u64::MAX - 1, 1, 10), batch(u64::MAX, 2, 10)];
+    let check = |log: &Log| -> TestResult {
+        assert_eq!(log.first_index(), Some(u64::MAX - 1));
+        assert_eq!(log.last_index(), Some(u64::MAX));
+        assert_eq!(log.read(u64::MAX - 1, 10, usize::MAX)?, last);
+        assert_eq!(log.read(u64::MAX, 1, usize::MAX)?, last[1..]);
+        assert_eq!(log.find_by_timestamp(2), Some(u64::MAX));
+        Ok(())
+    };
+    let (log, _) = open(dir.path(), small_config())?;
+    log.append(&last)?;
+    log.sync()?;
+    check(&log)?;
+    drop(log);
+    let (log, _) = open(dir.path(), small_config())?;
+    check(&log)
+}

@@ -334,3 +334,30 @@ fn open_creates_missing_directories_and_refuses_bad_config() -> TestResult {
     ));
     Ok(())
 }
+
+#[test]
+fn a_frame_after_the_largest_index_is_a_stale_tail() -> TestResult {
+    // Regression (fuzz target `log_recovery`): a frame following one at index u64::MAX made
+    // recovery compute the next index as u64::MAX + 1 (a panic in debug builds).
+    let dir = tempfile::tempdir()?;
+    let written = vec![batch(u64::MAX - 1, 1, 10), batch(u64::MAX, 2, 10)];
+    let (log, _) = open(dir.path(), small_config())?;
+    log.append(&written)?;
+    log.sync()?;
+    drop(log);
+    let mut stale = Vec::new();
+    encode_frame(&batch(0, 3, 10), &mut stale);
+    let seg = active_segment(dir.path()).ok_or("no segment")?;
+    append_bytes(&seg, &stale)?;
+
+    let (log, report) = open(dir.path(), small_config())?;
+    assert_eq!(
+        report.truncated_tails[0].cause,
+        TailCause::StaleFrames {
+            first_stale_index: 0,
+            frames: 1
+        }
+    );
+    assert_eq!(read_all(&log)?, written);
+    Ok(())
+}

@@ -165,7 +165,16 @@ pub fn decode_record_batch(batch: &tributary_log::Batch) -> io::Result<Option<Re
             batch.index
         )));
     }
-    payload.advance(17);
+    // The same format check as `decode`: records of a format this release does not know
+    // must not be read as format 1 (found by the `entry_codec` fuzz target).
+    let format = payload.get_u8();
+    if format != ENTRY_FORMAT {
+        return Err(invalid(format!(
+            "entry {} has entry format {format}; this release reads format {ENTRY_FORMAT}",
+            batch.index
+        )));
+    }
+    payload.advance(16);
     match payload.get_u8() {
         kind @ (KIND_APPEND | KIND_APPEND_IDEMPOTENT) => {
             decode_records(kind, payload, batch.index).map(Some)
@@ -324,6 +333,28 @@ mod tests {
         let node = membership.get_node(&1).expect("node 1");
         assert_eq!(node.addr, "127.0.0.1:7101");
         assert_eq!(node.incarnation, 0);
+    }
+
+    #[test]
+    fn records_of_an_unknown_entry_format_are_refused() {
+        // Regression (fuzz target `entry_codec`): `decode` refused format 5 but
+        // `decode_record_batch` returned its records as if it were format 1.
+        let batch = RecordBatch {
+            arrival_ms: 1,
+            records: vec![StoredRecord {
+                partition_key: "k".into(),
+                data: Bytes::from_static(b"hello"),
+            }],
+            producer: None,
+        };
+        let mut encoded =
+            encode(&entry(1, EntryPayload::Normal(Command::Append(batch)))).expect("encode");
+        let mut payload = encoded.payload.to_vec();
+        payload[0] = 5;
+        encoded.payload = Bytes::from(payload);
+        assert!(decode(&encoded).is_err());
+        let err = decode_record_batch(&encoded).expect_err("unknown format");
+        assert!(err.to_string().contains("entry format 5"), "{err}");
     }
 
     #[test]

@@ -32,6 +32,9 @@ struct Inner {
     log: Arc<tributary_log::Log>,
     meta: Arc<MetaStore>,
     flusher: Flusher,
+    /// Below half its floor this replica refuses appends (the group stops here; see
+    /// `disk_space.rs`). None for the metadata group, whose entries are few and small.
+    disk_space: Option<Arc<crate::disk_space::DiskSpace>>,
     state: Mutex<LogMeta>,
 }
 
@@ -55,6 +58,7 @@ impl GroupLogStore {
         config: tributary_log::LogConfig,
         meta: Arc<MetaStore>,
         flusher: Flusher,
+        disk_space: Option<Arc<crate::disk_space::DiskSpace>>,
     ) -> io::Result<(Self, tributary_log::RecoveryReport)> {
         let (log, report) = tributary_log::Log::open(dir, config).map_err(log_err)?;
         let log = Arc::new(log);
@@ -79,6 +83,7 @@ impl GroupLogStore {
             log,
             meta,
             flusher,
+            disk_space,
             state: Mutex::new(state),
         };
         Ok((
@@ -217,6 +222,11 @@ impl RaftLogStorage<TypeConfig> for GroupLogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        if let Some(disk) = &self.inner.disk_space {
+            if disk.below_hard_floor() {
+                return Err(disk.refuse_append());
+            }
+        }
         let mut batches = Vec::new();
         let mut last = None;
         for entry in entries {

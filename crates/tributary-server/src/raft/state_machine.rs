@@ -116,7 +116,8 @@ fn catch_up_producers(
                 next = first;
                 continue;
             }
-            Err(err) => return Err(io::Error::other(err.to_string())),
+            // Kept typed: a `Corruption` here is repaired from a replica before the start.
+            Err(err) => return Err(io::Error::other(err)),
         };
         let Some(last) = batches.last().map(|b| b.index) else {
             break;
@@ -187,6 +188,13 @@ impl GroupStateMachine {
         Self {
             inner: Arc::new(inner),
         }
+    }
+
+    /// The applied index a shard group's state machine last persisted (0: none): every
+    /// entry up to it is committed.
+    pub fn persisted_applied_index(group: GroupId, meta: &MetaStore) -> io::Result<u64> {
+        let restored: AppliedState = meta.get(group, GroupKey::Applied)?.unwrap_or_default();
+        Ok(restored.applied.as_ref().map_or(0, |id| id.index))
     }
 
     /// A shard group's state machine. The applied position is persisted so a restart does

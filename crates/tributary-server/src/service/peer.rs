@@ -210,6 +210,20 @@ impl PeerService for PeerApi {
         Ok(Response::new(pb::EndOlderSubscriptionReply { ended }))
     }
 
+    async fn read_log_entry(
+        &self,
+        request: Request<pb::ReadLogEntryRequest>,
+    ) -> Result<Response<pb::ReadLogEntryReply>, Status> {
+        let request = request.into_inner();
+        let node = self.node.clone();
+        let reply = tokio::task::spawn_blocking(move || {
+            crate::repair::local_entry(&node, request.group_id, request.index)
+        })
+        .await
+        .map_err(|e| Status::internal(format!("read task: {e}")))?;
+        Ok(Response::new(reply))
+    }
+
     async fn forward_seal(
         &self,
         request: Request<pb::ForwardSealRequest>,

@@ -195,6 +195,26 @@ impl StreamService for StreamApi {
         }))
     }
 
+    async fn get_shard_stats(
+        &self,
+        request: Request<pb::GetShardStatsRequest>,
+    ) -> Result<Response<pb::GetShardStatsResponse>, Status> {
+        let stream = stream_snapshot(&self.node, &request.into_inner().stream_name)?;
+        let me = self.node.config().node_id;
+        let shards = stream
+            .shards
+            .iter()
+            .filter_map(|shard| {
+                let group = self.node.shard_group(shard.group_id)?;
+                Some(crate::metrics::shard_stats(&group, me, shard.is_open()))
+            })
+            .collect();
+        Ok(Response::new(pb::GetShardStatsResponse {
+            node_id: me,
+            shards,
+        }))
+    }
+
     async fn split_shard(
         &self,
         request: Request<pb::SplitShardRequest>,
