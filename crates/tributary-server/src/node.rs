@@ -127,6 +127,8 @@ pub struct Node {
     ready: AtomicBool,
     /// Shutting down: leaderships are being handed to peers.
     draining: AtomicBool,
+    /// Raft groups are being stopped for good (no restart after their raft stops).
+    stopping: AtomicBool,
     /// Random per process start (see `NodeInfoReply.boot_id`).
     boot_id: u64,
     /// Live SubscribeToShard streams served here (takeover by newer ones).
@@ -226,6 +228,7 @@ impl Node {
             iterators: RwLock::new(None),
             ready: AtomicBool::new(false),
             draining: AtomicBool::new(false),
+            stopping: AtomicBool::new(false),
             boot_id: rand::random::<u64>().max(1),
             subscriptions: Default::default(),
             repair,
@@ -1258,12 +1261,16 @@ impl Node {
         running: std::collections::HashSet<GroupId>,
     ) -> std::collections::HashSet<GroupId> {
         let mut still_running = running;
+        if self.stopping.load(Ordering::SeqCst) {
+            return still_running;
+        }
         for group in still_running.clone() {
             let Some(shard) = self.shard_group(group) else {
                 continue;
             };
+            // A group stopped on purpose (`Fatal::Stopped`: node shutdown) stays stopped.
             let fatal = with_metrics(&shard.raft, |m| match &m.running_state {
-                Ok(()) => None,
+                Ok(()) | Err(openraft::error::Fatal::Stopped) => None,
                 Err(fatal) => Some(fatal.to_string()),
             });
             let Some(fatal) = fatal else { continue };
@@ -1726,6 +1733,7 @@ impl Node {
 
     /// Stops every group (for tests and orderly shutdown).
     pub async fn shutdown(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
         for shard in self.shard_groups() {
             let _ = shard.raft.shutdown().await;
         }
