@@ -49,3 +49,13 @@ ensure_nextest() {
     }
   fi
 }
+
+ensure_cargo_fuzz() {
+  if ! cargo fuzz --version >/dev/null 2>&1; then
+    echo "installing cargo-fuzz" >&2
+    cargo install --locked cargo-fuzz >&2 || {
+      echo "could not install cargo-fuzz; run: cargo install --locked cargo-fuzz" >&2
+      exit 1
+    }
+  fi
+}

@@ -15,6 +15,8 @@ mod config;
 mod error;
 pub mod fault;
 mod frame;
+#[doc(hidden)]
+pub mod fuzzing;
 mod index;
 mod log;
 mod purge_point;

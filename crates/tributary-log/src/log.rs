@@ -701,7 +701,8 @@ impl Log {
                 self.config.max_batch_bytes,
             )
             .with_readahead(self.header_scan_read_ahead());
-            let mut expected = view.start_index;
+            // `None` after a frame at index u64::MAX: no frame may follow it.
+            let mut expected = Some(view.start_index);
             loop {
                 let pos = reader.pos();
                 match reader
@@ -709,19 +710,20 @@ impl Log {
                     .map_err(|e| LogError::io("read segment", &view.path, e))?
                 {
                     Peek::End => break,
-                    Peek::Frame(h) if h.index == expected => {
+                    Peek::Frame(h) if Some(h.index) == expected => {
                         if h.index >= first && h.timestamp_ms >= ts {
                             return Ok(Some(h.index));
                         }
                         reader.skip(&h);
-                        expected += 1;
+                        expected = h.index.checked_add(1);
                     }
                     Peek::Frame(h) => {
+                        let expected = expected.map_or("none".to_owned(), |e| e.to_string());
                         return Err(LogError::corruption(
                             &view.path,
                             pos,
                             format!("frame has index {}, expected {expected}", h.index),
-                        ))
+                        ));
                     }
                     Peek::Incomplete => {
                         return Err(LogError::corruption(

@@ -563,3 +563,16 @@ fn a_batch_at_the_largest_index_reads_back() -> TestResult {
     let (log, _) = open(dir.path(), small_config())?;
     check(&log)
 }
+
+#[test]
+fn a_timestamp_lookup_can_pass_the_largest_index() -> TestResult {
+    // A lookup that steps over the frame at index u64::MAX (older than the timestamp asked for)
+    // must not compute u64::MAX + 1.
+    let dir = tempfile::tempdir()?;
+    let (log, _) = open(dir.path(), small_config())?;
+    log.append(&[batch(u64::MAX - 1, 5, 10), batch(u64::MAX, 1, 10)])?;
+    log.purge_upto(u64::MAX - 1)?;
+    assert_eq!(log.try_find_by_timestamp(3)?, None);
+    assert_eq!(log.try_find_by_timestamp(1)?, Some(u64::MAX));
+    Ok(())
+}
