@@ -80,6 +80,7 @@ async fn kill_during_heavy_appends_loses_no_acknowledged_record() {
     node.remote().wait_active("crash").await;
     let acked: Acked = Arc::default();
     for round in 0..rounds {
+        let shared = acked.clone();
         let writers: Vec<_> = (0..3)
             .map(|w| tokio::spawn(writer(node.endpoint(), w, round, acked.clone())))
             .collect();
@@ -121,6 +122,13 @@ async fn kill_during_heavy_appends_loses_no_acknowledged_record() {
             stored.values().all(|v| v.starts_with('r')),
             "round {round}: a record nobody wrote"
         );
+        // Every restart takes writes again (so every round has something to check).
+        let probe = format!("r{round}-probe");
+        let (_, seq) = node.remote().put_acked("crash", &probe, &probe).await;
+        shared
+            .lock()
+            .expect("acked")
+            .insert(seq.parse().expect("decimal"), probe);
     }
     let total = acked.lock().expect("acked").len();
     eprintln!("{rounds} kills, {total} acknowledged records, all intact");

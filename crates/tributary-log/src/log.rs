@@ -859,6 +859,17 @@ impl Log {
             self.poison(st, &error);
             return Err(error);
         }
+        // Read it back: the frame on disk must now verify and be the copy.
+        let mut check = FrameReader::new(&file, offset, end, max_batch_bytes);
+        let verified = match check.peek() {
+            Ok(Peek::Frame(h)) => matches!(check.read_frame(&h), Ok(Ok(b)) if b == *batch),
+            _ => false,
+        };
+        if !verified {
+            let error = LogError::corruption(&path, offset, "a repaired frame does not read back");
+            self.poison(st, &error);
+            return Err(error);
+        }
         warn!(index, offset, segment = %path.display(), "repaired a corrupt frame from a replica's copy");
         Ok(true)
     }

@@ -13,6 +13,7 @@
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -25,7 +26,11 @@ const READING_TTL: Duration = Duration::from_millis(250);
 pub struct DiskSpace {
     dir: PathBuf,
     floor: u64,
-    reading: Mutex<Option<(Instant, u64)>>,
+    /// Free bytes at the last reading (`u64::MAX` before the first or after a failed one).
+    free: AtomicU64,
+    /// When the last reading was taken; whoever finds it stale and gets the lock reads
+    /// again, everyone else uses the figure at hand (no write waits on `statvfs`).
+    read_at: Mutex<Option<Instant>>,
 }
 
 impl DiskSpace {
@@ -34,31 +39,31 @@ impl DiskSpace {
         Self {
             dir: dir.to_path_buf(),
             floor,
-            reading: Mutex::new(None),
+            free: AtomicU64::new(u64::MAX),
+            read_at: Mutex::new(None),
         }
     }
 
-    /// Bytes available to this process on the data directory's filesystem (recent reading).
+    /// Bytes available to this process on the data directory's filesystem (a reading at
+    /// most `READING_TTL` old; `None` when it cannot be read).
     pub fn free_bytes(&self) -> Option<u64> {
-        let mut reading = self.reading.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((at, free)) = *reading {
-            if at.elapsed() < READING_TTL {
-                return Some(free);
-            }
-        }
-        match statvfs_available(&self.dir) {
-            Ok(free) => {
-                *reading = Some((Instant::now(), free));
+        if let Ok(mut read_at) = self.read_at.try_lock() {
+            if read_at.is_none_or(|at| at.elapsed() >= READING_TTL) {
+                let free = match statvfs_available(&self.dir) {
+                    Ok(free) => free,
+                    Err(err) => {
+                        tracing::warn!(dir = %self.dir.display(), %err, "cannot read free disk space");
+                        u64::MAX
+                    }
+                };
+                self.free.store(free, Ordering::Relaxed);
                 crate::metrics::METRICS
                     .disk_free_bytes
-                    .store(free, std::sync::atomic::Ordering::Relaxed);
-                Some(free)
-            }
-            Err(err) => {
-                tracing::warn!(dir = %self.dir.display(), %err, "cannot read free disk space");
-                None
+                    .store(free, Ordering::Relaxed);
+                *read_at = Some(Instant::now());
             }
         }
+        Some(self.free.load(Ordering::Relaxed)).filter(|free| *free != u64::MAX)
     }
 
     /// Whether free space is below the floor (an unreadable figure is not below).
@@ -71,20 +76,17 @@ impl DiskSpace {
         self.floor > 0 && self.free_bytes().is_some_and(|free| free < self.floor / 2)
     }
 
-    /// `StorageFull` naming the figures when free space is below the floor.
-    pub fn admit_write(&self, shard: &str) -> Result<(), ApiError> {
-        if !self.below_floor() {
-            return Ok(());
-        }
+    /// `StorageFull` naming the figures, for a write refused below the floor.
+    pub fn refuse_write(&self, shard: &str) -> ApiError {
         crate::metrics::METRICS
             .writes_refused_disk_floor
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        Err(ApiError::storage_full(format!(
+            .fetch_add(1, Ordering::Relaxed);
+        ApiError::storage_full(format!(
             "write to shard {shard} refused: the leader's data directory {} has {} bytes free, below the floor min_free_disk_bytes = {}; nothing was written; retry later",
             self.dir.display(),
             self.free_bytes().unwrap_or(0),
             self.floor
-        )))
+        ))
     }
 
     /// An I/O error for a replica append refused below the hard floor.

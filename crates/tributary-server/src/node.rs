@@ -269,7 +269,11 @@ impl Node {
             .unwrap_or_else(|p| p.into_inner())
             .take();
         if let Some(requests) = repair_requests {
-            tokio::spawn(crate::repair::run(self.clone(), requests));
+            tokio::spawn(crate::repair::run(
+                self.clone(),
+                self.repair.clone(),
+                requests,
+            ));
         }
         if self.config.quiesce_after_ms > 0 && !self.peers.others().is_empty() {
             tokio::spawn(Self::quiesce_loop(self.clone()));
@@ -906,8 +910,9 @@ impl Node {
         if self.disk_space.below_floor()
             && with_metrics(&group.raft, |m| m.current_leader) == Some(self.config.node_id)
         {
-            self.disk_space
-                .admit_write(&crate::metadata::shard_id(group.shard_index))?;
+            return Err(self
+                .disk_space
+                .refuse_write(&crate::metadata::shard_id(group.shard_index)));
         }
         if let Some(quota) = &group.quota {
             let bytes: usize = batch
@@ -1308,7 +1313,8 @@ impl Node {
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         match stopped.get(&group) {
-            Some(at) if at.elapsed() < RESTART_PAUSE => true,
+            // Below the hard floor a restart would only stop again at the first append.
+            Some(at) if at.elapsed() < RESTART_PAUSE || self.disk_space.below_hard_floor() => true,
             Some(_) => {
                 stopped.insert(group, std::time::Instant::now());
                 false
@@ -1405,6 +1411,10 @@ impl Node {
     async fn stop_group(&self, group: GroupId) {
         self.failed
             .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&group);
+        self.stopped_on_error
+            .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&group);
         let removed = self

@@ -28,27 +28,48 @@ use crate::node::{Node, ShardGroup};
 use crate::raft::{entry_codec, GroupId};
 
 /// Queue of groups to scrub now (a read found corruption); the periodic pass covers the rest.
+/// A group is queued at most once until its scrub starts, however many reads fail meanwhile.
 #[derive(Clone)]
 pub struct RepairQueue {
     tx: mpsc::UnboundedSender<GroupId>,
+    pending: Arc<std::sync::Mutex<std::collections::HashSet<GroupId>>>,
 }
 
 impl RepairQueue {
     /// A queue and the receiving end the scrub loop consumes.
     pub fn new() -> (Self, mpsc::UnboundedReceiver<GroupId>) {
         let (tx, rx) = mpsc::unbounded_channel();
-        (Self { tx }, rx)
+        let pending = Arc::default();
+        (Self { tx, pending }, rx)
     }
 
     /// Asks for a scrub (and repair) of `group` soon.
     pub fn request(&self, group: GroupId) {
-        let _ = self.tx.send(group);
+        let queued = self
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(group);
+        if queued {
+            let _ = self.tx.send(group);
+        }
+    }
+
+    fn started(&self, group: GroupId) {
+        self.pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&group);
     }
 }
 
 /// Scrubs every shard log every `scrub_interval_ms` (0: only on request) and whenever a
 /// read reports corruption, until the node stops.
-pub async fn run(node: Arc<Node>, mut requests: mpsc::UnboundedReceiver<GroupId>) {
+pub async fn run(
+    node: Arc<Node>,
+    queue: RepairQueue,
+    mut requests: mpsc::UnboundedReceiver<GroupId>,
+) {
     let interval = node.config().scrub_interval_ms;
     let mut tick = tokio::time::interval(Duration::from_millis(interval.max(1000)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -57,6 +78,7 @@ pub async fn run(node: Arc<Node>, mut requests: mpsc::UnboundedReceiver<GroupId>
         let groups: Vec<Arc<ShardGroup>> = tokio::select! {
             requested = requests.recv() => {
                 let Some(group) = requested else { return };
+                queue.started(group);
                 node.shard_group(group).into_iter().collect()
             }
             _ = tick.tick(), if interval > 0 => node.shard_groups(),
@@ -162,12 +184,10 @@ async fn repair_from_replicas(
             record_count: reply.record_count,
             payload: reply.payload,
         };
-        match entry_codec::decode(&copy) {
-            Ok(entry) if openraft::entry::RaftEntry::index(&entry) == index => {}
-            Ok(_) | Err(_) => {
-                reasons.push("a replica's copy does not decode as that entry".into());
-                continue;
-            }
+        // A copy that does not decode as an entry is not one (the index is ours).
+        if entry_codec::decode(&copy).is_err() {
+            reasons.push("a replica's copy does not decode as an entry".into());
+            continue;
         }
         let target = log.clone();
         let repaired = tokio::task::spawn_blocking(move || target.repair(&copy))

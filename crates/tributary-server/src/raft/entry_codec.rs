@@ -335,10 +335,8 @@ mod tests {
         assert_eq!(node.incarnation, 0);
     }
 
-    #[test]
-    fn records_of_an_unknown_entry_format_are_refused() {
-        // Regression (fuzz target `entry_codec`): `decode` refused format 5 but
-        // `decode_record_batch` returned its records as if it were format 1.
+    /// Entry 1: an append of one record, encoded.
+    fn one_record_append() -> tributary_log::Batch {
         let batch = RecordBatch {
             arrival_ms: 1,
             records: vec![StoredRecord {
@@ -347,8 +345,14 @@ mod tests {
             }],
             producer: None,
         };
-        let mut encoded =
-            encode(&entry(1, EntryPayload::Normal(Command::Append(batch)))).expect("encode");
+        encode(&entry(1, EntryPayload::Normal(Command::Append(batch)))).expect("encode")
+    }
+
+    #[test]
+    fn records_of_an_unknown_entry_format_are_refused() {
+        // Regression (fuzz target `entry_codec`): `decode` refused format 5 but
+        // `decode_record_batch` returned its records as if it were format 1.
+        let mut encoded = one_record_append();
         let mut payload = encoded.payload.to_vec();
         payload[0] = 5;
         encoded.payload = Bytes::from(payload);
@@ -359,16 +363,7 @@ mod tests {
 
     #[test]
     fn truncated_payload_is_an_error() {
-        let batch = RecordBatch {
-            arrival_ms: 1,
-            records: vec![StoredRecord {
-                partition_key: "k".into(),
-                data: Bytes::from_static(b"hello"),
-            }],
-            producer: None,
-        };
-        let mut encoded =
-            encode(&entry(1, EntryPayload::Normal(Command::Append(batch)))).expect("encode");
+        let mut encoded = one_record_append();
         encoded.payload = encoded.payload.slice(..encoded.payload.len() - 1);
         assert!(decode(&encoded).is_err());
     }
