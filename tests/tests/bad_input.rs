@@ -480,6 +480,18 @@ async fn invalid_configuration_is_refused_at_start() {
             &["--retention-check-interval-ms", "5"][..],
             "retention_check_interval_ms is 5",
         ),
+        (
+            &["--worker-threads", "0"][..],
+            "worker threads must be between 1 and 1024, got 0",
+        ),
+        (
+            &["--worker-threads", "2000"][..],
+            "worker threads must be between 1 and 1024, got 2000",
+        ),
+        (
+            &["--worker-threads", "two"][..],
+            "'two' is not a whole number of threads",
+        ),
     ] {
         let output = std::process::Command::new(tributary_tests::binary("tributary"))
             .arg("serve")

@@ -17,36 +17,87 @@ struct FlushRequest {
     callback: IOFlushed<TypeConfig>,
 }
 
-/// At most this many fsyncs run at once. Parallel fdatasyncs of different files let the
+/// At most this many fsyncs run at once (the flusher thread and its pool). Parallel fdatasyncs of different files let the
 /// filesystem batch them into fewer journal commits: measured with `fsync_layout` (see
 /// docs/benchmarks.md), 16 shards synced in parallel reach 629 windows/s against 209/s one
 /// after another (a node-wide log reaches 2,030/s; see docs/architecture.md).
 const PARALLEL_SYNCS: usize = 16;
 
-/// Syncs every log, up to `PARALLEL_SYNCS` at a time, recording failures.
-fn sync_all(logs: &mut [(Arc<tributary_log::Log>, Option<String>)]) {
-    for chunk in logs.chunks_mut(PARALLEL_SYNCS) {
-        if chunk.len() == 1 {
-            sync_one(&mut chunk[0]);
-            continue;
+/// Threads that fsync logs for the flusher, started once: spawning threads per window
+/// cost more CPU than the syncs themselves at a few thousand small writes a second.
+struct SyncPool {
+    jobs: mpsc::Sender<SyncJob>,
+}
+
+/// One log to sync, and where to report (its slot in the window, the failure if any).
+struct SyncJob {
+    slot: usize,
+    log: Arc<tributary_log::Log>,
+    done: mpsc::Sender<(usize, Option<String>)>,
+}
+
+impl SyncPool {
+    fn start(threads: usize) -> std::io::Result<Self> {
+        let (jobs, queue) = mpsc::channel::<SyncJob>();
+        let queue = Arc::new(std::sync::Mutex::new(queue));
+        for n in 0..threads {
+            let queue = queue.clone();
+            std::thread::Builder::new()
+                .name(format!("tributary-sync-{n}"))
+                .spawn(move || loop {
+                    let job = match queue.lock() {
+                        Ok(queue) => queue.recv(),
+                        Err(_) => return,
+                    };
+                    let Ok(job) = job else { return };
+                    let failure = sync_one(&job.log);
+                    let _ = job.done.send((job.slot, failure));
+                })?;
         }
-        std::thread::scope(|scope| {
-            for entry in chunk.iter_mut() {
-                scope.spawn(move || sync_one(entry));
+        Ok(Self { jobs })
+    }
+
+    /// Syncs every log (the first on this thread, the rest on the pool), recording failures.
+    fn sync_all(&self, logs: &mut [(Arc<tributary_log::Log>, Option<String>)]) {
+        let (done, results) = mpsc::channel();
+        let mut waiting = 0;
+        for (slot, (log, failure)) in logs.iter_mut().enumerate().skip(1) {
+            let job = SyncJob {
+                slot,
+                log: log.clone(),
+                done: done.clone(),
+            };
+            match self.jobs.send(job) {
+                Ok(()) => waiting += 1,
+                Err(_) => *failure = Some("the fsync threads have stopped".to_string()),
             }
-        });
+        }
+        drop(done);
+        if let Some((log, failure)) = logs.first_mut() {
+            *failure = sync_one(log);
+        }
+        for _ in 0..waiting {
+            match results.recv() {
+                Ok((slot, failure)) => logs[slot].1 = failure,
+                Err(_) => break,
+            }
+        }
     }
 }
 
-fn sync_one((log, failure): &mut (Arc<tributary_log::Log>, Option<String>)) {
+/// Syncs one log; returns the failure, if any.
+fn sync_one(log: &tributary_log::Log) -> Option<String> {
     let started = std::time::Instant::now();
     let synced = log.sync();
     crate::metrics::METRICS
         .fsync_latency
         .observe(started.elapsed());
-    if let Err(err) = synced {
-        tracing::error!(error = %err, dir = %log.dir().display(), "fsync failed; appends in this window are not acknowledged");
-        *failure = Some(err.to_string());
+    match synced {
+        Ok(_) => None,
+        Err(err) => {
+            tracing::error!(error = %err, dir = %log.dir().display(), "fsync failed; appends in this window are not acknowledged");
+            Some(err.to_string())
+        }
     }
 }
 
@@ -60,9 +111,10 @@ impl Flusher {
     /// Starts the flusher thread. It stops when every handle is dropped.
     pub fn start() -> std::io::Result<Self> {
         let (tx, rx) = mpsc::channel::<FlushRequest>();
+        let pool = SyncPool::start(PARALLEL_SYNCS - 1)?;
         std::thread::Builder::new()
             .name("tributary-flusher".into())
-            .spawn(move || run(rx))?;
+            .spawn(move || run(rx, &pool))?;
         Ok(Self { tx })
     }
 
@@ -76,7 +128,7 @@ impl Flusher {
     }
 }
 
-fn run(rx: mpsc::Receiver<FlushRequest>) {
+fn run(rx: mpsc::Receiver<FlushRequest>, pool: &SyncPool) {
     while let Ok(first) = rx.recv() {
         let mut window = vec![first];
         while let Ok(more) = rx.try_recv() {
@@ -89,7 +141,7 @@ fn run(rx: mpsc::Receiver<FlushRequest>) {
                 logs.push((request.log.clone(), None));
             }
         }
-        sync_all(&mut logs);
+        pool.sync_all(&mut logs);
         for request in window {
             let failure = logs
                 .iter()

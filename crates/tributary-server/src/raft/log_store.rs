@@ -1,6 +1,12 @@
 //! `RaftLogStorage` over a `tributary_log::Log`: the raft log of a shard group *is* the
-//! shard's record log. Vote, committed and purged ids go to RocksDB; entries go to segment
-//! files; fsyncs go through the node-wide `Flusher`.
+//! shard's record log. Vote and purged ids go to RocksDB; entries go to segment files;
+//! fsyncs go through the node-wide `Flusher`.
+//!
+//! The committed id is persisted for the metadata group only. A shard group's state
+//! machine already writes its applied id after every apply (`state_machine`), and every
+//! applied entry is committed, so a second RocksDB write per commit would buy nothing but
+//! a re-apply of the few entries between the two after a restart; at open a shard group's
+//! committed id is the persisted applied id (or an older persisted committed id, if larger).
 
 use std::fmt::Debug;
 use std::io;
@@ -15,11 +21,93 @@ use openraft::{OptionalSend, RaftLogReader};
 use super::entry_codec;
 use super::flusher::Flusher;
 use super::meta_store::{GroupKey, MetaStore};
-use super::{Entry, GroupId, LogId, TypeConfig, Vote};
+use super::{Entry, GroupId, LogId, TypeConfig, Vote, METADATA_GROUP};
 
 /// Raft's replication reads stop at this many bytes (always at least one entry), so a
 /// burst of 5 MiB batches cannot build a huge AppendEntries message.
 const REPLICATION_READ_BUDGET: usize = 8 * 1024 * 1024;
+
+/// The newest appended entries are kept in memory up to this many payload bytes...
+const RECENT_ENTRIES_BYTES: usize = 1024 * 1024;
+/// ...and this many entries.
+const RECENT_ENTRIES_MAX: usize = 256;
+
+/// The newest entries appended here, a contiguous run ending at the last log entry.
+/// Replication to followers almost always asks for exactly these, so the leader serves
+/// them from memory instead of reading them back from the segment files (a read syscall,
+/// a checksum and a decode per follower per entry).
+#[derive(Default)]
+struct RecentEntries {
+    entries: std::collections::VecDeque<(Entry, usize)>,
+    bytes: usize,
+}
+
+impl RecentEntries {
+    fn push(&mut self, entry: Entry, bytes: usize) {
+        let follows = self
+            .entries
+            .back()
+            .is_none_or(|(last, _)| last.log_id().index + 1 == entry.log_id().index);
+        if !follows {
+            self.clear();
+        }
+        self.entries.push_back((entry, bytes));
+        self.bytes += bytes;
+        while self.bytes > RECENT_ENTRIES_BYTES || self.entries.len() > RECENT_ENTRIES_MAX {
+            match self.entries.pop_front() {
+                Some((_, size)) => self.bytes -= size,
+                None => break,
+            }
+        }
+    }
+
+    fn clear(&mut self) {
+        self.entries.clear();
+        self.bytes = 0;
+    }
+
+    /// Forgets entries after `index` (all of them for `None`).
+    fn truncate_after(&mut self, index: Option<u64>) {
+        while let Some((last, size)) = self.entries.back() {
+            if index.is_some_and(|keep| last.log_id().index <= keep) {
+                break;
+            }
+            self.bytes -= size;
+            self.entries.pop_back();
+        }
+    }
+
+    /// Forgets entries up to and including `index`.
+    fn purge_upto(&mut self, index: u64) {
+        while let Some((first, size)) = self.entries.front() {
+            if first.log_id().index > index {
+                break;
+            }
+            self.bytes -= size;
+            self.entries.pop_front();
+        }
+    }
+
+    /// Entries `[start, end_exclusive)` within `budget` bytes (always at least one), if
+    /// the run holds `start`; `None` sends the read to the log.
+    fn read(&self, start: u64, end_exclusive: u64, budget: usize) -> Option<Vec<Entry>> {
+        let first = self.entries.front()?.0.log_id().index;
+        let last = self.entries.back()?.0.log_id().index;
+        if start < first || start > last {
+            return None;
+        }
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        for (entry, size) in self.entries.range((start - first) as usize..) {
+            if entry.log_id().index >= end_exclusive || (bytes >= budget && !out.is_empty()) {
+                break;
+            }
+            bytes += size;
+            out.push(entry.clone());
+        }
+        Some(out)
+    }
+}
 
 /// A cheap handle; openraft, the state machine and readers share one log.
 #[derive(Clone)]
@@ -36,6 +124,7 @@ struct Inner {
     /// `disk_space.rs`). None for the metadata group, whose entries are few and small.
     disk_space: Option<Arc<crate::disk_space::DiskSpace>>,
     state: Mutex<LogMeta>,
+    recent: Mutex<RecentEntries>,
 }
 
 #[derive(Default)]
@@ -72,11 +161,18 @@ impl GroupLogStore {
                 Some(entry_codec::decode(batch)?.log_id)
             }
         };
+        let stored_committed: Option<LogId> = meta.get(group, GroupKey::Committed)?;
+        let committed = if group == METADATA_GROUP {
+            stored_committed
+        } else {
+            let applied = super::state_machine::persisted_applied_log_id(group, &meta)?;
+            stored_committed.max(applied)
+        };
         let state = LogMeta {
             last_log_id,
             last_purged: meta.get(group, GroupKey::Purged)?,
             vote: meta.get(group, GroupKey::Vote)?,
-            committed: meta.get(group, GroupKey::Committed)?,
+            committed,
         };
         let inner = Inner {
             group,
@@ -85,6 +181,7 @@ impl GroupLogStore {
             flusher,
             disk_space,
             state: Mutex::new(state),
+            recent: Mutex::new(RecentEntries::default()),
         };
         Ok((
             Self {
@@ -114,7 +211,17 @@ impl GroupLogStore {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    fn recent(&self) -> std::sync::MutexGuard<'_, RecentEntries> {
+        self.inner
+            .recent
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
     fn read_range(&self, start: u64, end_exclusive: u64, budget: usize) -> io::Result<Vec<Entry>> {
+        if let Some(entries) = self.recent().read(start, end_exclusive, budget) {
+            return Ok(entries);
+        }
         let log = &self.inner.log;
         let Some(first) = log.first_index() else {
             return Ok(Vec::new());
@@ -202,9 +309,12 @@ impl RaftLogStorage<TypeConfig> for GroupLogStore {
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), io::Error> {
         // Not fsynced: losing it only means re-learning the commit index after a restart.
-        self.inner
-            .meta
-            .put(self.inner.group, GroupKey::Committed, &committed, false)?;
+        // Shard groups keep it in memory (see the module docs).
+        if self.inner.group == METADATA_GROUP {
+            self.inner
+                .meta
+                .put(self.inner.group, GroupKey::Committed, &committed, false)?;
+        }
         self.lock().committed = committed;
         Ok(())
     }
@@ -228,20 +338,32 @@ impl RaftLogStorage<TypeConfig> for GroupLogStore {
             }
         }
         let mut batches = Vec::new();
-        let mut last = None;
+        let mut appended = Vec::new();
         for entry in entries {
-            batches.push(entry_codec::encode(&entry)?);
-            last = Some(entry.log_id());
+            let batch = entry_codec::encode(&entry)?;
+            appended.push((entry, batch.payload.len()));
+            batches.push(batch);
         }
-        if !batches.is_empty() {
-            self.inner.log.append(&batches).map_err(log_err)?;
-            self.lock().last_log_id = last;
+        if let Some((last, _)) = appended.last() {
+            let last = last.log_id();
+            if let Err(err) = self.inner.log.append(&batches) {
+                // What the log holds is unknown now: read it back from disk from here on.
+                self.recent().clear();
+                return Err(log_err(err));
+            }
+            self.lock().last_log_id = Some(last);
+            let mut recent = self.recent();
+            for (entry, bytes) in appended {
+                recent.push(entry, bytes);
+            }
         }
         self.inner.flusher.flush(self.inner.log.clone(), callback);
         Ok(())
     }
 
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
+        self.recent()
+            .truncate_after(last_log_id.as_ref().map(|id| id.index));
         self.inner
             .log
             .truncate_after(last_log_id.as_ref().map(|id| id.index))
@@ -256,6 +378,7 @@ impl RaftLogStorage<TypeConfig> for GroupLogStore {
         self.inner
             .meta
             .put(self.inner.group, GroupKey::Purged, &log_id, true)?;
+        self.recent().purge_upto(log_id.index);
         self.inner.log.purge_upto(log_id.index).map_err(log_err)?;
         let mut state = self.lock();
         if state
@@ -267,5 +390,102 @@ impl RaftLogStorage<TypeConfig> for GroupLogStore {
         }
         state.last_purged = Some(log_id);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openraft::EntryPayload;
+
+    fn entry(index: u64) -> Entry {
+        Entry {
+            log_id: LogId::new(
+                openraft::vote::leader_id_adv::LeaderId {
+                    term: 2,
+                    node_id: 1,
+                },
+                index,
+            ),
+            payload: EntryPayload::Blank,
+        }
+    }
+
+    fn indexes(entries: &[Entry]) -> Vec<u64> {
+        entries.iter().map(|e| e.log_id().index).collect()
+    }
+
+    fn run(first: u64, last: u64, bytes: usize) -> RecentEntries {
+        let mut recent = RecentEntries::default();
+        for index in first..=last {
+            recent.push(entry(index), bytes);
+        }
+        recent
+    }
+
+    #[test]
+    fn serves_only_ranges_that_start_inside_the_run() {
+        let recent = run(10, 14, 100);
+        assert_eq!(
+            indexes(&recent.read(12, 100, usize::MAX).unwrap()),
+            [12, 13, 14]
+        );
+        assert_eq!(indexes(&recent.read(10, 12, usize::MAX).unwrap()), [10, 11]);
+        assert!(
+            recent.read(9, 12, usize::MAX).is_none(),
+            "before the run: read the log"
+        );
+        assert!(
+            recent.read(15, 20, usize::MAX).is_none(),
+            "past the end: read the log"
+        );
+    }
+
+    #[test]
+    fn a_read_stops_at_its_budget_but_returns_at_least_one_entry() {
+        let recent = run(1, 5, 100);
+        assert_eq!(indexes(&recent.read(1, 6, 250).unwrap()), [1, 2, 3]);
+        assert_eq!(indexes(&recent.read(2, 6, 1).unwrap()), [2]);
+    }
+
+    #[test]
+    fn the_run_is_bounded_by_bytes_and_by_count() {
+        let recent = run(1, 20, RECENT_ENTRIES_BYTES / 4);
+        assert_eq!(recent.entries.len(), 4);
+        assert_eq!(recent.bytes, RECENT_ENTRIES_BYTES);
+        assert_eq!(recent.entries.front().unwrap().0.log_id().index, 17);
+
+        let recent = run(1, RECENT_ENTRIES_MAX as u64 + 10, 1);
+        assert_eq!(recent.entries.len(), RECENT_ENTRIES_MAX);
+
+        let mut recent = run(1, 3, 10);
+        recent.push(entry(4), RECENT_ENTRIES_BYTES + 1);
+        assert!(
+            recent.entries.is_empty(),
+            "an entry over the bound is not kept"
+        );
+        assert_eq!(recent.bytes, 0);
+    }
+
+    #[test]
+    fn truncation_purge_and_gaps_keep_the_run_contiguous_and_true() {
+        let mut recent = run(1, 6, 10);
+        recent.truncate_after(Some(4));
+        assert_eq!(
+            indexes(&recent.read(1, 100, usize::MAX).unwrap()),
+            [1, 2, 3, 4]
+        );
+        assert_eq!(recent.bytes, 40);
+        recent.purge_upto(2);
+        assert_eq!(indexes(&recent.read(3, 100, usize::MAX).unwrap()), [3, 4]);
+        assert!(recent.read(2, 100, usize::MAX).is_none());
+        // A new entry that does not follow the run (after a truncation the log did not
+        // report here) starts a new run.
+        recent.push(entry(9), 10);
+        assert!(recent.read(3, 100, usize::MAX).is_none());
+        assert_eq!(indexes(&recent.read(9, 100, usize::MAX).unwrap()), [9]);
+        recent.truncate_after(None);
+        assert!(recent.entries.is_empty());
+        assert_eq!(recent.bytes, 0);
     }
 }

@@ -99,6 +99,13 @@ struct StoredProducers {
     table: ProducerTable,
 }
 
+/// The applied log id a shard group's state machine last persisted (every entry up to it
+/// is committed and durable here).
+pub fn persisted_applied_log_id(group: GroupId, meta: &MetaStore) -> io::Result<Option<LogId>> {
+    let restored: Option<AppliedState> = meta.get(group, GroupKey::Applied)?;
+    Ok(restored.and_then(|state| state.applied))
+}
+
 /// Rebuilds the producer table of entries `(through, applied]` from the log (at open).
 fn catch_up_producers(
     log: &GroupLogStore,
@@ -193,8 +200,7 @@ impl GroupStateMachine {
     /// The applied index a shard group's state machine last persisted (0: none): every
     /// entry up to it is committed.
     pub fn persisted_applied_index(group: GroupId, meta: &MetaStore) -> io::Result<u64> {
-        let restored: AppliedState = meta.get(group, GroupKey::Applied)?.unwrap_or_default();
-        Ok(restored.applied.as_ref().map_or(0, |id| id.index))
+        Ok(persisted_applied_log_id(group, meta)?.map_or(0, |id| id.index))
     }
 
     /// A shard group's state machine. The applied position is persisted so a restart does
