@@ -150,6 +150,32 @@ pub fn last_sequence(shard: &ShardGroup) -> Result<Option<SequenceNumber>, ApiEr
     Ok(None)
 }
 
+/// A reader this many entries or more behind the tip reads on a blocking-pool thread.
+const FAR_BEHIND_ENTRIES: u64 = 16;
+
+/// `read`, on a blocking-pool thread when the reader is far behind the tip. A catch-up
+/// page is up to 10 MB of reads from the segment files, checksums and decoding: off the
+/// async workers it neither stalls the node's other tasks (raft, other readers) on a
+/// page-cache miss nor is confined to them, so one node can serve catch-up reads with more
+/// cores than it has async workers. A reader near the tip (a long poll, a tailing consumer)
+/// reads in place: a hand-off to another thread would cost more than its small read.
+pub async fn read_far_behind_off_runtime(
+    shard: &std::sync::Arc<ShardGroup>,
+    from: (u64, u16),
+    limit: usize,
+    max_bytes: usize,
+    horizon_ms: i64,
+) -> Result<ReadPage, ApiError> {
+    let applied = shard.tip.borrow().applied_index;
+    if applied.saturating_sub(from.0) < FAR_BEHIND_ENTRIES {
+        return read(shard, from, limit, max_bytes, horizon_ms);
+    }
+    let shard = shard.clone();
+    tokio::task::spawn_blocking(move || read(&shard, from, limit, max_bytes, horizon_ms))
+        .await
+        .map_err(|e| ApiError::internal(format!("a read task failed: {e}")))?
+}
+
 /// Reads up to `limit` records and about `max_bytes` of data from `from`, skipping records
 /// that arrived before `horizon_ms` (expired by retention).
 pub fn read(

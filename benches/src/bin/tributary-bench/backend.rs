@@ -32,7 +32,14 @@ pub const EATMYDATA: &str = "/usr/lib/x86_64-linux-gnu/libeatmydata.so";
 /// the 2-core bench machine: one thread per node gave 99 MB/s where the default of one per
 /// core gave 83 MB/s, fewer idle threads woken per write. `nats-server` keeps its default
 /// GOMAXPROCS: 1 made no difference to it (47.8 against 47.9 MB/s, same day).
+/// `BENCH_WORKER_THREADS=N` overrides it (for comparisons).
 pub fn tributary_worker_threads() -> usize {
+    if let Some(n) = std::env::var("BENCH_WORKER_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        return n;
+    }
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     (cores / 3).max(1)
 }

@@ -613,7 +613,9 @@ impl DataService for DataApi {
         let from = (position.log_index, position.slot);
         let horizon = self.horizon_ms(&stream);
         let max_bytes = GET_RECORDS_MAX_BYTES;
-        let mut page = reader::read(&group, from, limit as usize, max_bytes, horizon)?;
+        let mut page =
+            reader::read_far_behind_off_runtime(&group, from, limit as usize, max_bytes, horizon)
+                .await?;
         if page.records.is_empty() && !page.at_shard_end && !wait.is_zero() {
             // Long poll: wake from the shard's apply watch (no timer polling) as soon as
             // an entry past the position commits, and read again; entries without records
