@@ -91,6 +91,7 @@ impl ShardGroup {
         runtime.elect(false);
         runtime.tick(false);
         self.quiet.store(true, Ordering::SeqCst);
+        self.log.forget_recent_entries();
     }
 
     /// Notes that a leader just reached this replica (the peer service calls this).

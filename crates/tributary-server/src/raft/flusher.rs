@@ -62,14 +62,18 @@ impl SyncPool {
         let (done, results) = mpsc::channel();
         let mut waiting = 0;
         for (slot, (log, failure)) in logs.iter_mut().enumerate().skip(1) {
+            // Failed until its thread reports success: a thread that dies without reporting
+            // (a panic inside the sync) must never let the window be acknowledged.
+            *failure = Some("the fsync thread did not report".to_string());
             let job = SyncJob {
                 slot,
                 log: log.clone(),
                 done: done.clone(),
             };
-            match self.jobs.send(job) {
-                Ok(()) => waiting += 1,
-                Err(_) => *failure = Some("the fsync threads have stopped".to_string()),
+            if self.jobs.send(job).is_ok() {
+                waiting += 1;
+            } else {
+                *failure = Some("the fsync threads have stopped".to_string());
             }
         }
         drop(done);

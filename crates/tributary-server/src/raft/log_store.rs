@@ -32,78 +32,86 @@ const RECENT_ENTRIES_BYTES: usize = 1024 * 1024;
 /// ...and this many entries.
 const RECENT_ENTRIES_MAX: usize = 256;
 
-/// The newest entries appended here, a contiguous run ending at the last log entry.
-/// Replication to followers almost always asks for exactly these, so the leader serves
-/// them from memory instead of reading them back from the segment files (a read syscall,
-/// a checksum and a decode per follower per entry).
+/// The newest entries appended here, as the encoded batches written to the log: a
+/// contiguous run ending at the last log entry. Replication to followers almost always
+/// asks for exactly these, so the leader decodes them from memory instead of reading them
+/// back from the segment files (a read syscall and a checksum per follower per entry).
+/// Holding the encoded copies (not the entries, whose record bytes may be slices of much
+/// larger request buffers) bounds the memory by the payload bytes counted here; a group
+/// that goes quiet forgets its run.
 #[derive(Default)]
 struct RecentEntries {
-    entries: std::collections::VecDeque<(Entry, usize)>,
+    batches: std::collections::VecDeque<tributary_log::Batch>,
     bytes: usize,
 }
 
 impl RecentEntries {
-    fn push(&mut self, entry: Entry, bytes: usize) {
+    fn push(&mut self, batch: tributary_log::Batch) {
         let follows = self
-            .entries
+            .batches
             .back()
-            .is_none_or(|(last, _)| last.log_id().index + 1 == entry.log_id().index);
+            .is_none_or(|last| last.index + 1 == batch.index);
         if !follows {
             self.clear();
         }
-        self.entries.push_back((entry, bytes));
-        self.bytes += bytes;
-        while self.bytes > RECENT_ENTRIES_BYTES || self.entries.len() > RECENT_ENTRIES_MAX {
-            match self.entries.pop_front() {
-                Some((_, size)) => self.bytes -= size,
+        self.bytes += batch.payload.len();
+        self.batches.push_back(batch);
+        while self.bytes > RECENT_ENTRIES_BYTES || self.batches.len() > RECENT_ENTRIES_MAX {
+            match self.batches.pop_front() {
+                Some(old) => self.bytes -= old.payload.len(),
                 None => break,
             }
         }
     }
 
     fn clear(&mut self) {
-        self.entries.clear();
+        self.batches.clear();
         self.bytes = 0;
     }
 
     /// Forgets entries after `index` (all of them for `None`).
     fn truncate_after(&mut self, index: Option<u64>) {
-        while let Some((last, size)) = self.entries.back() {
-            if index.is_some_and(|keep| last.log_id().index <= keep) {
+        while let Some(last) = self.batches.back() {
+            if index.is_some_and(|keep| last.index <= keep) {
                 break;
             }
-            self.bytes -= size;
-            self.entries.pop_back();
+            self.bytes -= last.payload.len();
+            self.batches.pop_back();
         }
     }
 
     /// Forgets entries up to and including `index`.
     fn purge_upto(&mut self, index: u64) {
-        while let Some((first, size)) = self.entries.front() {
-            if first.log_id().index > index {
+        while let Some(first) = self.batches.front() {
+            if first.index > index {
                 break;
             }
-            self.bytes -= size;
-            self.entries.pop_front();
+            self.bytes -= first.payload.len();
+            self.batches.pop_front();
         }
     }
 
-    /// Entries `[start, end_exclusive)` within `budget` bytes (always at least one), if
-    /// the run holds `start`; `None` sends the read to the log.
-    fn read(&self, start: u64, end_exclusive: u64, budget: usize) -> Option<Vec<Entry>> {
-        let first = self.entries.front()?.0.log_id().index;
-        let last = self.entries.back()?.0.log_id().index;
+    /// The batches of entries `[start, end_exclusive)` within `budget` bytes (always at
+    /// least one), if the run holds `start`; `None` sends the read to the log.
+    fn read(
+        &self,
+        start: u64,
+        end_exclusive: u64,
+        budget: usize,
+    ) -> Option<Vec<tributary_log::Batch>> {
+        let first = self.batches.front()?.index;
+        let last = self.batches.back()?.index;
         if start < first || start > last {
             return None;
         }
         let mut out = Vec::new();
         let mut bytes = 0usize;
-        for (entry, size) in self.entries.range((start - first) as usize..) {
-            if entry.log_id().index >= end_exclusive || (bytes >= budget && !out.is_empty()) {
+        for batch in self.batches.range((start - first) as usize..) {
+            if batch.index >= end_exclusive || (bytes >= budget && !out.is_empty()) {
                 break;
             }
-            bytes += size;
-            out.push(entry.clone());
+            bytes += batch.payload.len();
+            out.push(batch.clone());
         }
         Some(out)
     }
@@ -218,9 +226,17 @@ impl GroupLogStore {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// Forgets the in-memory run of the newest entries (a quiet group holds no memory for
+    /// replication it is not doing).
+    pub fn forget_recent_entries(&self) {
+        self.recent().clear();
+    }
+
     fn read_range(&self, start: u64, end_exclusive: u64, budget: usize) -> io::Result<Vec<Entry>> {
-        if let Some(entries) = self.recent().read(start, end_exclusive, budget) {
-            return Ok(entries);
+        // Decoded outside the lock: `append` waits on it.
+        let recent = self.recent().read(start, end_exclusive, budget);
+        if let Some(batches) = recent {
+            return batches.iter().map(entry_codec::decode).collect();
         }
         let log = &self.inner.log;
         let Some(first) = log.first_index() else {
@@ -338,23 +354,21 @@ impl RaftLogStorage<TypeConfig> for GroupLogStore {
             }
         }
         let mut batches = Vec::new();
-        let mut appended = Vec::new();
+        let mut last = None;
         for entry in entries {
-            let batch = entry_codec::encode(&entry)?;
-            appended.push((entry, batch.payload.len()));
-            batches.push(batch);
+            batches.push(entry_codec::encode(&entry)?);
+            last = Some(entry.log_id());
         }
-        if let Some((last, _)) = appended.last() {
-            let last = last.log_id();
+        if !batches.is_empty() {
             if let Err(err) = self.inner.log.append(&batches) {
                 // What the log holds is unknown now: read it back from disk from here on.
                 self.recent().clear();
                 return Err(log_err(err));
             }
-            self.lock().last_log_id = Some(last);
+            self.lock().last_log_id = last;
             let mut recent = self.recent();
-            for (entry, bytes) in appended {
-                recent.push(entry, bytes);
+            for batch in batches {
+                recent.push(batch);
             }
         }
         self.inner.flusher.flush(self.inner.log.clone(), callback);
@@ -396,29 +410,24 @@ impl RaftLogStorage<TypeConfig> for GroupLogStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use openraft::EntryPayload;
 
-    fn entry(index: u64) -> Entry {
-        Entry {
-            log_id: LogId::new(
-                openraft::vote::leader_id_adv::LeaderId {
-                    term: 2,
-                    node_id: 1,
-                },
-                index,
-            ),
-            payload: EntryPayload::Blank,
+    fn batch(index: u64, bytes: usize) -> tributary_log::Batch {
+        tributary_log::Batch {
+            index,
+            timestamp_ms: 0,
+            record_count: 0,
+            payload: bytes::Bytes::from(vec![7u8; bytes]),
         }
     }
 
-    fn indexes(entries: &[Entry]) -> Vec<u64> {
-        entries.iter().map(|e| e.log_id().index).collect()
+    fn indexes(batches: &[tributary_log::Batch]) -> Vec<u64> {
+        batches.iter().map(|b| b.index).collect()
     }
 
     fn run(first: u64, last: u64, bytes: usize) -> RecentEntries {
         let mut recent = RecentEntries::default();
         for index in first..=last {
-            recent.push(entry(index), bytes);
+            recent.push(batch(index, bytes));
         }
         recent
     }
@@ -451,17 +460,17 @@ mod tests {
     #[test]
     fn the_run_is_bounded_by_bytes_and_by_count() {
         let recent = run(1, 20, RECENT_ENTRIES_BYTES / 4);
-        assert_eq!(recent.entries.len(), 4);
+        assert_eq!(recent.batches.len(), 4);
         assert_eq!(recent.bytes, RECENT_ENTRIES_BYTES);
-        assert_eq!(recent.entries.front().unwrap().0.log_id().index, 17);
+        assert_eq!(recent.batches.front().unwrap().index, 17);
 
         let recent = run(1, RECENT_ENTRIES_MAX as u64 + 10, 1);
-        assert_eq!(recent.entries.len(), RECENT_ENTRIES_MAX);
+        assert_eq!(recent.batches.len(), RECENT_ENTRIES_MAX);
 
         let mut recent = run(1, 3, 10);
-        recent.push(entry(4), RECENT_ENTRIES_BYTES + 1);
+        recent.push(batch(4, RECENT_ENTRIES_BYTES + 1));
         assert!(
-            recent.entries.is_empty(),
+            recent.batches.is_empty(),
             "an entry over the bound is not kept"
         );
         assert_eq!(recent.bytes, 0);
@@ -481,11 +490,11 @@ mod tests {
         assert!(recent.read(2, 100, usize::MAX).is_none());
         // A new entry that does not follow the run (after a truncation the log did not
         // report here) starts a new run.
-        recent.push(entry(9), 10);
+        recent.push(batch(9, 10));
         assert!(recent.read(3, 100, usize::MAX).is_none());
         assert_eq!(indexes(&recent.read(9, 100, usize::MAX).unwrap()), [9]);
         recent.truncate_after(None);
-        assert!(recent.entries.is_empty());
+        assert!(recent.batches.is_empty());
         assert_eq!(recent.bytes, 0);
     }
 }
