@@ -436,10 +436,21 @@ mod tests {
     fn serves_only_ranges_that_start_inside_the_run() {
         let recent = run(10, 14, 100);
         assert_eq!(
-            indexes(&recent.read(12, 100, usize::MAX).unwrap()),
+            indexes(
+                &recent
+                    .read(12, 100, usize::MAX)
+                    .expect("served from the run")
+            ),
             [12, 13, 14]
         );
-        assert_eq!(indexes(&recent.read(10, 12, usize::MAX).unwrap()), [10, 11]);
+        assert_eq!(
+            indexes(
+                &recent
+                    .read(10, 12, usize::MAX)
+                    .expect("served from the run")
+            ),
+            [10, 11]
+        );
         assert!(
             recent.read(9, 12, usize::MAX).is_none(),
             "before the run: read the log"
@@ -453,8 +464,14 @@ mod tests {
     #[test]
     fn a_read_stops_at_its_budget_but_returns_at_least_one_entry() {
         let recent = run(1, 5, 100);
-        assert_eq!(indexes(&recent.read(1, 6, 250).unwrap()), [1, 2, 3]);
-        assert_eq!(indexes(&recent.read(2, 6, 1).unwrap()), [2]);
+        assert_eq!(
+            indexes(&recent.read(1, 6, 250).expect("served from the run")),
+            [1, 2, 3]
+        );
+        assert_eq!(
+            indexes(&recent.read(2, 6, 1).expect("served from the run")),
+            [2]
+        );
     }
 
     #[test]
@@ -462,7 +479,7 @@ mod tests {
         let recent = run(1, 20, RECENT_ENTRIES_BYTES / 4);
         assert_eq!(recent.batches.len(), 4);
         assert_eq!(recent.bytes, RECENT_ENTRIES_BYTES);
-        assert_eq!(recent.batches.front().unwrap().index, 17);
+        assert_eq!(recent.batches.front().expect("a run").index, 17);
 
         let recent = run(1, RECENT_ENTRIES_MAX as u64 + 10, 1);
         assert_eq!(recent.batches.len(), RECENT_ENTRIES_MAX);
@@ -481,18 +498,36 @@ mod tests {
         let mut recent = run(1, 6, 10);
         recent.truncate_after(Some(4));
         assert_eq!(
-            indexes(&recent.read(1, 100, usize::MAX).unwrap()),
+            indexes(
+                &recent
+                    .read(1, 100, usize::MAX)
+                    .expect("served from the run")
+            ),
             [1, 2, 3, 4]
         );
         assert_eq!(recent.bytes, 40);
         recent.purge_upto(2);
-        assert_eq!(indexes(&recent.read(3, 100, usize::MAX).unwrap()), [3, 4]);
+        assert_eq!(
+            indexes(
+                &recent
+                    .read(3, 100, usize::MAX)
+                    .expect("served from the run")
+            ),
+            [3, 4]
+        );
         assert!(recent.read(2, 100, usize::MAX).is_none());
         // A new entry that does not follow the run (after a truncation the log did not
         // report here) starts a new run.
         recent.push(batch(9, 10));
         assert!(recent.read(3, 100, usize::MAX).is_none());
-        assert_eq!(indexes(&recent.read(9, 100, usize::MAX).unwrap()), [9]);
+        assert_eq!(
+            indexes(
+                &recent
+                    .read(9, 100, usize::MAX)
+                    .expect("served from the run")
+            ),
+            [9]
+        );
         recent.truncate_after(None);
         assert!(recent.batches.is_empty());
         assert_eq!(recent.bytes, 0);
