@@ -40,22 +40,17 @@ ensure_build_packages() {
   fi
 }
 
-ensure_nextest() {
-  if ! cargo nextest --version >/dev/null 2>&1; then
-    echo "installing cargo-nextest" >&2
-    cargo install --locked cargo-nextest >&2 || {
-      echo "could not install cargo-nextest; run: cargo install --locked cargo-nextest" >&2
+# ensure_cargo_subcommand SUBCOMMAND CRATE: installs CRATE when `cargo SUBCOMMAND` is missing.
+ensure_cargo_subcommand() {
+  if ! cargo "$1" --version >/dev/null 2>&1; then
+    echo "installing $2" >&2
+    cargo install --locked "$2" >&2 || {
+      echo "could not install $2; run: cargo install --locked $2" >&2
       exit 1
     }
   fi
 }
 
-ensure_cargo_fuzz() {
-  if ! cargo fuzz --version >/dev/null 2>&1; then
-    echo "installing cargo-fuzz" >&2
-    cargo install --locked cargo-fuzz >&2 || {
-      echo "could not install cargo-fuzz; run: cargo install --locked cargo-fuzz" >&2
-      exit 1
-    }
-  fi
-}
+ensure_nextest() { ensure_cargo_subcommand nextest cargo-nextest; }
+
+ensure_cargo_fuzz() { ensure_cargo_subcommand fuzz cargo-fuzz; }
