@@ -107,6 +107,7 @@ pub fn config(choice: u8) -> LogConfig {
             segment_max_age: Duration::from_secs(3600),
             index_interval_bytes: 200,
             max_batch_bytes: 64 * 1024,
+            page_cache_keep_bytes: 0,
         },
         1 => LogConfig::default(),
         2 => LogConfig {
@@ -114,12 +115,14 @@ pub fn config(choice: u8) -> LogConfig {
             segment_max_age: Duration::from_secs(3600),
             index_interval_bytes: 1,
             max_batch_bytes: 256,
+            page_cache_keep_bytes: 0,
         },
         _ => LogConfig {
             segment_max_bytes: u64::MAX,
             segment_max_age: Duration::MAX,
             index_interval_bytes: u64::MAX,
             max_batch_bytes: 1,
+            page_cache_keep_bytes: u64::MAX,
         },
     }
 }

@@ -492,6 +492,10 @@ async fn invalid_configuration_is_refused_at_start() {
             &["--worker-threads", "two"][..],
             "'two' is not a whole number of threads",
         ),
+        (
+            &["--page-cache-keep-bytes", "16MiB"][..],
+            "invalid value '16MiB' for '--page-cache-keep-bytes",
+        ),
     ] {
         let output = std::process::Command::new(tributary_tests::binary("tributary"))
             .arg("serve")

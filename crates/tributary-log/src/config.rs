@@ -50,6 +50,16 @@ pub struct LogConfig {
     /// length cannot cause a multi-GiB allocation. Lowering it below the size of batches already
     /// on disk makes those batches unreadable (they are reported as corruption), so only raise it.
     pub max_batch_bytes: u32,
+
+    /// After each fsync, the newest this many bytes of the log stay in the OS page cache and
+    /// older synced data is advised out of it (`POSIX_FADV_DONTNEED`; see `drop_behind.rs`).
+    /// Default 16 MiB. `u64::MAX` leaves caching entirely to the kernel.
+    ///
+    /// Trade-off: readers within this many bytes of the tip (enhanced fan-out, polling
+    /// consumers keeping up, followers a little behind) read from memory; readers further
+    /// behind read from disk. Larger values keep more of each busy log in memory, and on a
+    /// machine whose page cache keeps growing, every write pays for fresh pages.
+    pub page_cache_keep_bytes: u64,
 }
 
 impl Default for LogConfig {
@@ -59,6 +69,7 @@ impl Default for LogConfig {
             segment_max_age: Duration::from_secs(60 * 60),
             index_interval_bytes: 4096,
             max_batch_bytes: 64 * 1024 * 1024,
+            page_cache_keep_bytes: 16 * 1024 * 1024,
         }
     }
 }

@@ -12,6 +12,7 @@
 #![warn(missing_docs)]
 
 mod config;
+mod drop_behind;
 mod error;
 pub mod fault;
 mod frame;

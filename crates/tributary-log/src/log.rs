@@ -21,6 +21,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tracing::{error, warn};
 
 use crate::config::LogConfig;
+use crate::drop_behind;
 use crate::error::LogError;
 use crate::frame::{encode_frame, Batch, FRAME_HEADER_LEN, FRAME_OVERHEAD};
 use crate::purge_point;
@@ -419,7 +420,7 @@ impl Log {
     /// The lock is held only to pick the file and the target index; the fsync runs without it,
     /// so appends (and reads) continue meanwhile, and concurrent callers form a group commit.
     pub fn sync(&self) -> Result<Option<u64>, LogError> {
-        let (file, path, target, epoch) = {
+        let (file, path, target, epoch, synced_end) = {
             let st = self.read_state();
             st.check_poisoned()?;
             let Some(target) = st.physical_last() else {
@@ -437,6 +438,7 @@ impl Log {
                 active.path.clone(),
                 target,
                 self.truncations.load(Ordering::Acquire),
+                active.size,
             )
         };
         // Only the active segment can hold unsynced data: segments are fsynced when sealed.
@@ -448,13 +450,22 @@ impl Log {
             return Err(error);
         }
         let mut st = self.write_state();
+        let mut drops = Vec::new();
         // A truncation meanwhile fsynced what remains and set `durable` itself.
-        if self.truncations.load(Ordering::Acquire) == epoch
-            && st.durable.is_none_or(|d| d < target)
-        {
-            st.durable = Some(target);
+        if self.truncations.load(Ordering::Acquire) == epoch {
+            if st.durable.is_none_or(|d| d < target) {
+                st.durable = Some(target);
+            }
+            drops = drop_behind::plan(
+                &mut st.segments,
+                synced_end,
+                self.config.page_cache_keep_bytes,
+            );
         }
-        Ok(st.durable)
+        let durable = st.durable;
+        drop(st);
+        drop_behind::apply(drops);
+        Ok(durable)
     }
 
     /// The highest index known to be on stable storage (never above the last index on disk).
@@ -930,6 +941,7 @@ impl Log {
                 crate::fault::sync_data(&segment.file)
                     .map_err(|e| LogError::io("fdatasync truncated segment", &segment.path, e))?;
                 segment.size = cut;
+                segment.cache_dropped_to = segment.cache_dropped_to.min(cut);
                 segment.last_index = Some(index);
                 segment.last_ts = Some(last_ts);
                 segment.max_ts = Some(max_ts);

@@ -227,6 +227,9 @@ pub(crate) struct Segment {
     pub sealed: bool,
     /// Size of the `.idx` file, for `disk_bytes`.
     pub idx_bytes: u64,
+    /// Bytes below this offset were handed to the kernel to drop from the page cache
+    /// (`crate::drop_behind`).
+    pub cache_dropped_to: u64,
 }
 
 impl Segment {
@@ -261,6 +264,7 @@ impl Segment {
             index: SparseIndex::default(),
             sealed: false,
             idx_bytes: 0,
+            cache_dropped_to: 0,
         }
     }
 

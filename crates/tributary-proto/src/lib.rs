@@ -56,3 +56,9 @@ pub fn error_code_from_name(name: &str) -> Option<v1::ErrorCode> {
     .into_iter()
     .find(|code| error_code_name(*code) == name)
 }
+
+/// The largest HTTP/2 DATA frame a Tributary server or client accepts (`SETTINGS_MAX_FRAME_SIZE`;
+/// the HTTP/2 default is 16 KiB). PutRecords bodies, raft batches and GetRecords pages are
+/// often hundreds of KiB: at the default each crosses as dozens of frames, each read, copied
+/// and flow-controlled on its own.
+pub const HTTP2_MAX_FRAME_BYTES: u32 = 1024 * 1024;

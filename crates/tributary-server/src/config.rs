@@ -70,6 +70,12 @@ pub struct NodeConfig {
     pub election_timeout_max_ms: u64,
     /// Roll a segment file at this size. Larger files mean fewer files and coarser retention.
     pub segment_max_bytes: u64,
+    /// After each fsync, the newest this many bytes of every shard log stay in the OS page
+    /// cache and older synced data is dropped from it. Readers within this distance of the
+    /// tip read from memory, readers further behind from disk; a larger value holds more
+    /// memory per busy shard. Set it above the node's data (for example 1 TiB) to leave
+    /// caching to the kernel.
+    pub page_cache_keep_bytes: u64,
     /// Roll an idle segment after this many seconds so retention can delete it.
     pub segment_max_age_secs: u64,
     /// How often every shard log is read through and its checksums verified, in
@@ -107,6 +113,7 @@ impl Default for NodeConfig {
             election_timeout_min_ms: 750,
             election_timeout_max_ms: 1500,
             segment_max_bytes: 64 * 1024 * 1024,
+            page_cache_keep_bytes: 16 * 1024 * 1024,
             segment_max_age_secs: 3600,
             scrub_interval_ms: 60 * 60 * 1000,
             min_free_disk_bytes: 256 * 1024 * 1024,

@@ -105,6 +105,10 @@ struct ServeArgs {
     /// Segment roll size in bytes.
     #[arg(long, env = "TRIBUTARY_SEGMENT_MAX_BYTES")]
     segment_max_bytes: Option<u64>,
+    /// Bytes of each shard log's newest data kept in the OS page cache after fsync; older
+    /// synced data is dropped from it.
+    #[arg(long, env = "TRIBUTARY_PAGE_CACHE_KEEP_BYTES")]
+    page_cache_keep_bytes: Option<u64>,
     /// How often every shard log's checksums are verified, in milliseconds (0: only when a
     /// read meets a corrupt frame).
     #[arg(long, env = "TRIBUTARY_SCRUB_INTERVAL_MS")]
@@ -204,6 +208,9 @@ impl ServeArgs {
         }
         if let Some(v) = self.segment_max_bytes {
             config.segment_max_bytes = v;
+        }
+        if let Some(v) = self.page_cache_keep_bytes {
+            config.page_cache_keep_bytes = v;
         }
         if let Some(v) = self.scrub_interval_ms {
             config.scrub_interval_ms = v;

@@ -156,6 +156,7 @@ fn log_config(config: &NodeConfig) -> tributary_log::LogConfig {
     tributary_log::LogConfig {
         segment_max_bytes: config.segment_max_bytes,
         segment_max_age: Duration::from_secs(config.segment_max_age_secs),
+        page_cache_keep_bytes: config.page_cache_keep_bytes,
         ..Default::default()
     }
 }

@@ -93,6 +93,7 @@ impl Peers {
             .keep_alive_while_idle(true)
             .initial_connection_window_size(Some(8 * 1024 * 1024))
             .initial_stream_window_size(Some(4 * 1024 * 1024))
+            .max_frame_size(Some(tributary_proto::HTTP2_MAX_FRAME_BYTES))
             .connect_lazy();
         channels.insert(addr.to_string(), channel.clone());
         channel

@@ -88,6 +88,11 @@ pub async fn serve(
         // of 200, and a refused stream looks like a dead peer to raft.
         .max_concurrent_streams(Some(PEER_MAX_CONCURRENT_STREAMS))
         .http2_max_pending_accept_reset_streams(Some(1024))
+        // PutRecords bodies and raft batches are often 100 KiB or more: bigger DATA frames
+        // and windows mean fewer frames and window updates per request (see `peers.rs`).
+        .max_frame_size(Some(tributary_proto::HTTP2_MAX_FRAME_BYTES))
+        .initial_connection_window_size(Some(8 * 1024 * 1024))
+        .initial_stream_window_size(Some(4 * 1024 * 1024))
         .add_service(health_service)
         .add_service(
             PeerServiceServer::new(PeerApi::new(node.clone()))

@@ -37,13 +37,16 @@ pub(crate) fn batches(from: u64, to: u64, payload_len: usize) -> Vec<Batch> {
         .collect()
 }
 
-/// Small segments (a few 100-byte batches each) so rolls happen quickly.
+/// Small segments (a few 100-byte batches each) so rolls happen quickly. Synced data is
+/// dropped from the page cache as soon as the log allows (`page_cache_keep_bytes: 0`: sealed
+/// segments whole, the active one in 1 MiB steps), so most reads come from disk.
 pub(crate) fn small_config() -> LogConfig {
     LogConfig {
         segment_max_bytes: 1024,
         segment_max_age: Duration::from_secs(3600),
         index_interval_bytes: 200,
         max_batch_bytes: 64 * 1024,
+        page_cache_keep_bytes: 0,
     }
 }
 

@@ -576,3 +576,55 @@ fn a_timestamp_lookup_can_pass_the_largest_index() -> TestResult {
     assert_eq!(log.try_find_by_timestamp(1)?, Some(u64::MAX));
     Ok(())
 }
+
+/// Bytes of `path` in the page cache, from util-linux's `fincore`; `None` where it is missing.
+fn cached_bytes(path: &Path) -> Option<u64> {
+    let output = std::process::Command::new("fincore")
+        .args(["--bytes", "--noheadings", "--raw", "--output", "RES"])
+        .arg(path)
+        .output()
+        .ok()?;
+    String::from_utf8(output.stdout).ok()?.trim().parse().ok()
+}
+
+#[test]
+fn synced_data_behind_the_kept_tail_leaves_the_page_cache() -> TestResult {
+    const MIB: u64 = 1024 * 1024;
+    let dir = tempfile::tempdir()?;
+    let config = LogConfig {
+        segment_max_bytes: 8 * MIB,
+        page_cache_keep_bytes: MIB,
+        ..LogConfig::default()
+    };
+    let (log, _) = open(dir.path(), config)?;
+    let all = batches(1, 192, 64 * 1024);
+    for batch in &all {
+        log.append(std::slice::from_ref(batch))?;
+        log.sync()?;
+    }
+    let files = segment_files(dir.path());
+    assert_eq!(files.len(), 2, "12 MiB in 8 MiB segments: one roll");
+    match (cached_bytes(&files[0]), cached_bytes(&files[1])) {
+        (Some(sealed), Some(active)) => {
+            // The sealed segment is dropped whole (all but a last partial page); the active
+            // one keeps the newest 1 MiB plus at most one 1 MiB drop step.
+            assert!(
+                sealed <= 4096,
+                "sealed segment: {sealed} bytes still cached"
+            );
+            assert!(
+                active <= 2 * MIB + 4096,
+                "active segment: {active} of {} bytes cached",
+                file_len(&files[1])
+            );
+            assert!(
+                active >= MIB / 2,
+                "the newest data stays cached: {active} bytes"
+            );
+        }
+        _ => eprintln!("skipping the page cache check: util-linux `fincore` is not installed"),
+    }
+    // Everything reads back, from memory or from disk.
+    assert_eq!(read_all(&log)?, all);
+    Ok(())
+}
