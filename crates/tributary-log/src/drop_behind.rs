@@ -28,61 +28,99 @@ const STEP: u64 = 1024 * 1024;
 pub(crate) struct CacheDrop {
     file: Arc<File>,
     from: u64,
-    to: u64,
+    /// `None`: to the end of the file, which lets the kernel drop a last partial page too.
+    to: Option<u64>,
 }
 
-/// Picks what to drop after an fsync that made the last segment durable up to `synced_end`:
-/// everything older than the newest `keep` bytes, counted back across segments. Records what
-/// it picked in each segment's `cache_dropped_to`, so a range is advised once.
-pub(crate) fn plan(segments: &mut [Segment], synced_end: u64, keep: u64) -> Vec<CacheDrop> {
+/// Marks segments a log was opened with as already handled: their cache (whatever reads or
+/// an earlier process left) is the kernel's to manage.
+pub(crate) fn adopt(segments: &mut [Segment]) {
+    for segment in segments {
+        segment.cache_dropped_to = segment.size;
+        segment.cache_dropped_all = segment.sealed;
+    }
+}
+
+/// Picks what to drop after an fsync that made segment `synced.0` durable up to byte
+/// `synced.1`: everything older than the newest `keep` bytes, counted back across segments.
+/// Records what it picked in each segment, so a range is advised once.
+pub(crate) fn plan(segments: &mut [Segment], synced: (u64, u64), keep: u64) -> Vec<CacheDrop> {
     let mut drops = Vec::new();
+    if keep == u64::MAX {
+        return drops;
+    }
+    let (synced_base, synced_end) = synced;
     let mut remaining = keep;
     let last = segments.len().saturating_sub(1);
     for (position, segment) in segments.iter_mut().enumerate().rev() {
-        // Segments before the last were fsynced when sealed.
-        let end = if position == last {
+        if remaining == 0 && segment.cache_dropped_all {
+            // Dropped whole by an earlier plan, and so was everything before it.
+            break;
+        }
+        let end = if position < last {
+            // Segments before the last were fsynced when sealed.
+            segment.size
+        } else if segment.base == synced_base {
             synced_end.min(segment.size)
         } else {
-            segment.size
+            // A roll while the fsync ran: nothing of the new segment is known to be synced.
+            0
         };
         let kept = remaining.min(end);
         remaining -= kept;
+        if kept == 0 && position < last {
+            // Wholly behind the kept tail: drop the rest of it, its last partial page too.
+            if !segment.cache_dropped_all {
+                drops.push(CacheDrop {
+                    file: segment.file.clone(),
+                    from: segment.cache_dropped_to / PAGE * PAGE,
+                    to: None,
+                });
+                segment.cache_dropped_to = segment.size;
+                segment.cache_dropped_all = true;
+            }
+            continue;
+        }
         let to = (end - kept) / PAGE * PAGE;
         let step = if position == last { STEP } else { 1 };
         if to >= segment.cache_dropped_to.saturating_add(step) {
             drops.push(CacheDrop {
                 file: segment.file.clone(),
-                from: segment.cache_dropped_to,
-                to,
+                from: segment.cache_dropped_to / PAGE * PAGE,
+                to: Some(to),
             });
             segment.cache_dropped_to = to;
-        }
-        // Older segments were dropped whole once this far back; nothing left to do there.
-        if remaining == 0 && segment.cache_dropped_to + PAGE > segment.size {
-            break;
         }
     }
     drops
 }
 
-/// Advises the kernel to drop each range. Done without the log's lock: the advice can take a
-/// while on a large range, and a failure only leaves pages cached, so it is logged and
-/// otherwise ignored.
+/// Advises the kernel to drop each range. Done without the log's lock, and a failure only
+/// leaves pages cached, so it is logged and otherwise ignored.
 pub(crate) fn apply(drops: Vec<CacheDrop>) {
     for range in drops {
-        let Some(len) = NonZeroU64::new(range.to - range.from) else {
-            continue;
+        let len = match range.to {
+            // `None` as the length means "to the end of the file".
+            None => None,
+            Some(to) => match NonZeroU64::new(to.saturating_sub(range.from)) {
+                Some(len) => Some(len),
+                None => continue,
+            },
         };
-        if let Err(error) = rustix::fs::fadvise(
-            &*range.file,
-            range.from,
-            Some(len),
-            rustix::fs::Advice::DontNeed,
-        ) {
-            tracing::debug!(%error, from = range.from, to = range.to, "page cache drop-behind failed");
-        }
+        advise_dont_need(&range.file, range.from, len);
     }
 }
+
+#[cfg(not(target_vendor = "apple"))]
+fn advise_dont_need(file: &File, from: u64, len: Option<NonZeroU64>) {
+    if let Err(error) = rustix::fs::fadvise(file, from, len, rustix::fs::Advice::DontNeed) {
+        tracing::debug!(%error, from, "page cache drop-behind failed");
+    }
+}
+
+/// macOS has no `posix_fadvise`: the page cache is left to the kernel there.
+#[cfg(target_vendor = "apple")]
+fn advise_dont_need(_file: &File, _from: u64, _len: Option<NonZeroU64>) {}
 
 #[cfg(test)]
 mod tests {
@@ -98,7 +136,7 @@ mod tests {
         segment
     }
 
-    fn ranges(drops: &[CacheDrop]) -> Vec<(u64, u64)> {
+    fn ranges(drops: &[CacheDrop]) -> Vec<(u64, Option<u64>)> {
         drops.iter().map(|d| (d.from, d.to)).collect()
     }
 
@@ -107,24 +145,24 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut segments = vec![segment(&dir, 0, 40 * MIB)];
         // Less than `keep` synced: nothing to drop.
-        assert!(plan(&mut segments, 10 * MIB, 16 * MIB).is_empty());
+        assert!(plan(&mut segments, (0, 10 * MIB), 16 * MIB).is_empty());
         // 3 MiB beyond `keep`; the unsynced rest of the segment is never dropped.
-        let drops = plan(&mut segments, 19 * MIB, 16 * MIB);
-        assert_eq!(ranges(&drops), vec![(0, 3 * MIB)]);
+        let drops = plan(&mut segments, (0, 19 * MIB), 16 * MIB);
+        assert_eq!(ranges(&drops), vec![(0, Some(3 * MIB))]);
         assert_eq!(segments[0].cache_dropped_to, 3 * MIB);
         // Less than a step more: wait.
-        assert!(plan(&mut segments, 19 * MIB + MIB / 2, 16 * MIB).is_empty());
+        assert!(plan(&mut segments, (0, 19 * MIB + MIB / 2), 16 * MIB).is_empty());
         // A step more: only the new part.
-        let drops = plan(&mut segments, 20 * MIB + 100, 16 * MIB);
-        assert_eq!(ranges(&drops), vec![(3 * MIB, 4 * MIB)]);
+        let drops = plan(&mut segments, (0, 20 * MIB + 100), 16 * MIB);
+        assert_eq!(ranges(&drops), vec![(3 * MIB, Some(4 * MIB))]);
     }
 
     #[test]
     fn ranges_end_on_page_boundaries() {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut segments = vec![segment(&dir, 0, 40 * MIB)];
-        let drops = plan(&mut segments, 2 * MIB + 5000, 0);
-        assert_eq!(ranges(&drops), vec![(0, 2 * MIB + PAGE)]);
+        let drops = plan(&mut segments, (0, 2 * MIB + 5000), 0);
+        assert_eq!(ranges(&drops), vec![(0, Some(2 * MIB + PAGE))]);
     }
 
     #[test]
@@ -135,24 +173,63 @@ mod tests {
             segment(&dir, 100, 10 * MIB),
             segment(&dir, 200, 2 * MIB),
         ];
-        // 2 MiB of the active segment and 2 MiB of the one before it are kept.
-        let drops = plan(&mut segments, 2 * MIB, 4 * MIB);
-        assert_eq!(ranges(&drops), vec![(0, 8 * MIB), (0, 10 * MIB)]);
+        // 2 MiB of the active segment and 2 MiB of the one before it are kept; the oldest
+        // goes whole, to the end of its file.
+        let drops = plan(&mut segments, (200, 2 * MIB), 4 * MIB);
+        assert_eq!(ranges(&drops), vec![(0, Some(8 * MIB)), (0, None)]);
+        assert!(segments[0].cache_dropped_all);
         // The oldest segment was dropped whole: the next plan stops there.
         segments[0].cache_dropped_to = 0;
         segments[2].size = 20 * MIB;
-        let drops = plan(&mut segments, 20 * MIB, 4 * MIB);
-        assert_eq!(ranges(&drops), vec![(0, 16 * MIB), (8 * MIB, 10 * MIB)]);
+        let drops = plan(&mut segments, (200, 20 * MIB), 4 * MIB);
+        assert_eq!(ranges(&drops), vec![(0, Some(16 * MIB)), (8 * MIB, None)]);
         assert_eq!(
             segments[0].cache_dropped_to, 0,
-            "walked past a fully dropped segment"
+            "walked past a dropped segment"
         );
+    }
+
+    #[test]
+    fn a_tiny_sealed_segment_does_not_hide_the_ones_before_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut segments = vec![
+            segment(&dir, 0, 10 * MIB),
+            segment(&dir, 100, 100),
+            segment(&dir, 101, 20 * MIB),
+        ];
+        let drops = plan(&mut segments, (101, 20 * MIB), 4 * MIB);
+        assert_eq!(
+            ranges(&drops),
+            vec![(0, Some(16 * MIB)), (0, None), (0, None)]
+        );
+    }
+
+    #[test]
+    fn a_roll_during_the_fsync_drops_nothing_of_the_new_segment() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // The fsync covered segment 0 up to 10 MiB; segment 100 started meanwhile.
+        let mut segments = vec![segment(&dir, 0, 10 * MIB), segment(&dir, 100, 4 * MIB)];
+        let drops = plan(&mut segments, (0, 10 * MIB), 0);
+        assert_eq!(ranges(&drops), vec![(0, None)]);
+        assert_eq!(segments[1].cache_dropped_to, 0);
+    }
+
+    #[test]
+    fn segments_a_log_was_opened_with_are_left_alone() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut segments = vec![segment(&dir, 0, 10 * MIB), segment(&dir, 100, 10 * MIB)];
+        segments[0].sealed = true;
+        adopt(&mut segments);
+        // Only what this process appends after opening is dropped.
+        segments[1].size = 13 * MIB;
+        let drops = plan(&mut segments, (100, 13 * MIB), MIB);
+        assert_eq!(ranges(&drops), vec![(10 * MIB, Some(12 * MIB))]);
     }
 
     #[test]
     fn keeping_everything_drops_nothing() {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut segments = vec![segment(&dir, 0, 64 * MIB), segment(&dir, 100, 64 * MIB)];
-        assert!(plan(&mut segments, 64 * MIB, u64::MAX).is_empty());
+        assert!(plan(&mut segments, (100, 64 * MIB), u64::MAX).is_empty());
     }
 }

@@ -177,6 +177,9 @@ impl Log {
         };
         // recover() fsynced the active segment, so everything on disk is durable now.
         state.durable = state.physical_last();
+        // What an earlier process wrote is left to the kernel: advising a whole log away on
+        // the first sync would stall that flush window (and every acknowledgement in it).
+        drop_behind::adopt(&mut state.segments);
         let mut report = recovered.report;
         let log = Log {
             dir: dir.to_path_buf(),
@@ -420,7 +423,7 @@ impl Log {
     /// The lock is held only to pick the file and the target index; the fsync runs without it,
     /// so appends (and reads) continue meanwhile, and concurrent callers form a group commit.
     pub fn sync(&self) -> Result<Option<u64>, LogError> {
-        let (file, path, target, epoch, synced_end) = {
+        let (file, path, target, epoch, synced) = {
             let st = self.read_state();
             st.check_poisoned()?;
             let Some(target) = st.physical_last() else {
@@ -438,7 +441,7 @@ impl Log {
                 active.path.clone(),
                 target,
                 self.truncations.load(Ordering::Acquire),
-                active.size,
+                (active.base, active.size),
             )
         };
         // Only the active segment can hold unsynced data: segments are fsynced when sealed.
@@ -456,11 +459,7 @@ impl Log {
             if st.durable.is_none_or(|d| d < target) {
                 st.durable = Some(target);
             }
-            drops = drop_behind::plan(
-                &mut st.segments,
-                synced_end,
-                self.config.page_cache_keep_bytes,
-            );
+            drops = drop_behind::plan(&mut st.segments, synced, self.config.page_cache_keep_bytes);
         }
         let durable = st.durable;
         drop(st);
