@@ -581,7 +581,10 @@ fn a_timestamp_lookup_can_pass_the_largest_index() -> TestResult {
 /// or where the file lives on tmpfs (whose pages are the file: advice cannot drop them).
 fn cached_bytes(path: &Path) -> Option<u64> {
     const TMPFS_MAGIC: i64 = 0x0102_1994;
-    if rustix::fs::statfs(path).is_ok_and(|fs| i64::from(fs.f_type) == TMPFS_MAGIC) {
+    // `f_type` is i64 on 64-bit Linux but narrower elsewhere.
+    #[allow(clippy::useless_conversion)]
+    let on_tmpfs = rustix::fs::statfs(path).is_ok_and(|fs| i64::from(fs.f_type) == TMPFS_MAGIC);
+    if on_tmpfs {
         return None;
     }
     let output = std::process::Command::new("fincore")
