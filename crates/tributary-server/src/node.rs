@@ -980,11 +980,12 @@ impl Node {
 
     /// Seals a shard this node leads; the peer service calls this.
     pub async fn forwarded_seal(&self, group: GroupId) -> Result<LocalWrite<u64>, ApiError> {
-        let shard = self.shard_group(group).ok_or_else(|| {
-            ApiError::unavailable(format!(
-                "shard group {group} is not running on this node; retry"
-            ))
-        })?;
+        // Not running here (yet: a node that just restarted starts its groups after it
+        // answers peers): it does not lead the group, so the forwarder retries with
+        // whoever does, within its own deadline, instead of failing the call.
+        let Some(shard) = self.shard_group(group) else {
+            return Ok(LocalWrite::NotLeader(None));
+        };
         self.seal_local(&shard).await
     }
 
@@ -994,11 +995,10 @@ impl Node {
         group: GroupId,
         batch: RecordBatch,
     ) -> Result<LocalWrite<u64>, ApiError> {
-        let shard = self.shard_group(group).ok_or_else(|| {
-            ApiError::unavailable(format!(
-                "shard group {group} is not running on this node; retry"
-            ))
-        })?;
+        // Not running here: nothing was done, so the forwarder may retry (as `forwarded_seal`).
+        let Some(shard) = self.shard_group(group) else {
+            return Ok(LocalWrite::NotLeader(None));
+        };
         self.append_local(&shard, batch).await
     }
 
