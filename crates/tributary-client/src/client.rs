@@ -114,8 +114,10 @@ impl Client {
                 .tcp_nodelay(true)
                 // Large enough for catch-up pages of several MiB without stalling on window
                 // updates; larger frames mean fewer of them per page.
-                .initial_connection_window_size(Some(8 * 1024 * 1024))
-                .initial_stream_window_size(Some(4 * 1024 * 1024))
+                .initial_connection_window_size(Some(
+                    tributary_proto::HTTP2_CONNECTION_WINDOW_BYTES,
+                ))
+                .initial_stream_window_size(Some(tributary_proto::HTTP2_STREAM_WINDOW_BYTES))
                 .max_frame_size(Some(tributary_proto::HTTP2_MAX_FRAME_BYTES));
             if let Some(timeout) = options.request_timeout {
                 builder = builder.timeout(timeout);

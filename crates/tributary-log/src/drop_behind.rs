@@ -37,13 +37,12 @@ pub(crate) struct CacheDrop {
 pub(crate) fn adopt(segments: &mut [Segment]) {
     for segment in segments {
         segment.cache_dropped_to = segment.size;
-        segment.cache_dropped_all = segment.sealed;
     }
 }
 
 /// Picks what to drop after an fsync that made segment `synced.0` durable up to byte
 /// `synced.1`: everything older than the newest `keep` bytes, counted back across segments.
-/// Records what it picked in each segment, so a range is advised once.
+/// Records what it picked in each segment's `cache_dropped_to`, so a range is advised once.
 pub(crate) fn plan(segments: &mut [Segment], synced: (u64, u64), keep: u64) -> Vec<CacheDrop> {
     let mut drops = Vec::new();
     if keep == u64::MAX {
@@ -53,8 +52,9 @@ pub(crate) fn plan(segments: &mut [Segment], synced: (u64, u64), keep: u64) -> V
     let mut remaining = keep;
     let last = segments.len().saturating_sub(1);
     for (position, segment) in segments.iter_mut().enumerate().rev() {
-        if remaining == 0 && segment.cache_dropped_all {
-            // Dropped whole by an earlier plan, and so was everything before it.
+        let sealed_and_dropped = position < last && segment.cache_dropped_to >= segment.size;
+        if remaining == 0 && sealed_and_dropped {
+            // Dropped whole by an earlier plan (or adopted), and so was everything before it.
             break;
         }
         let end = if position < last {
@@ -70,14 +70,13 @@ pub(crate) fn plan(segments: &mut [Segment], synced: (u64, u64), keep: u64) -> V
         remaining -= kept;
         if kept == 0 && position < last {
             // Wholly behind the kept tail: drop the rest of it, its last partial page too.
-            if !segment.cache_dropped_all {
+            if !sealed_and_dropped {
                 drops.push(CacheDrop {
                     file: segment.file.clone(),
                     from: segment.cache_dropped_to / PAGE * PAGE,
                     to: None,
                 });
                 segment.cache_dropped_to = segment.size;
-                segment.cache_dropped_all = true;
             }
             continue;
         }
@@ -177,16 +176,27 @@ mod tests {
         // goes whole, to the end of its file.
         let drops = plan(&mut segments, (200, 2 * MIB), 4 * MIB);
         assert_eq!(ranges(&drops), vec![(0, Some(8 * MIB)), (0, None)]);
-        assert!(segments[0].cache_dropped_all);
-        // The oldest segment was dropped whole: the next plan stops there.
-        segments[0].cache_dropped_to = 0;
+        assert_eq!(segments[0].cache_dropped_to, 10 * MIB);
+        // Each range is advised once: the next plan drops only what became old since.
         segments[2].size = 20 * MIB;
         let drops = plan(&mut segments, (200, 20 * MIB), 4 * MIB);
         assert_eq!(ranges(&drops), vec![(0, Some(16 * MIB)), (8 * MIB, None)]);
-        assert_eq!(
-            segments[0].cache_dropped_to, 0,
-            "walked past a dropped segment"
-        );
+    }
+
+    #[test]
+    fn a_segment_made_writable_again_by_a_truncation_is_dropped_again() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut segments = vec![segment(&dir, 0, 10 * MIB), segment(&dir, 100, 20 * MIB)];
+        plan(&mut segments, (100, 20 * MIB), MIB);
+        assert_eq!(segments[0].cache_dropped_to, 10 * MIB);
+        // A truncation removed segment 100 and cut segment 0 (as `Log::truncate_after`
+        // does); appends then grew it again and it rolled.
+        segments.pop();
+        segments[0].cache_dropped_to = segments[0].cache_dropped_to.min(6 * MIB);
+        segments[0].size = 12 * MIB;
+        segments.push(segment(&dir, 200, 2 * MIB));
+        let drops = plan(&mut segments, (200, 2 * MIB), MIB);
+        assert_eq!(ranges(&drops), vec![(0, Some(MIB)), (6 * MIB, None)]);
     }
 
     #[test]

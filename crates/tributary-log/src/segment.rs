@@ -230,9 +230,6 @@ pub(crate) struct Segment {
     /// Bytes below this offset were handed to the kernel to drop from the page cache
     /// (`crate::drop_behind`).
     pub cache_dropped_to: u64,
-    /// The whole segment lies behind the kept tail and was handed to the kernel to drop (or
-    /// was written by an earlier process): `crate::drop_behind` stops its walk here.
-    pub cache_dropped_all: bool,
 }
 
 impl Segment {
@@ -268,7 +265,6 @@ impl Segment {
             sealed: false,
             idx_bytes: 0,
             cache_dropped_to: 0,
-            cache_dropped_all: false,
         }
     }
 

@@ -62,3 +62,10 @@ pub fn error_code_from_name(name: &str) -> Option<v1::ErrorCode> {
 /// often hundreds of KiB: at the default each crosses as dozens of frames, each read, copied
 /// and flow-controlled on its own.
 pub const HTTP2_MAX_FRAME_BYTES: u32 = 1024 * 1024;
+
+/// HTTP/2 flow-control window of a whole connection, for servers, peers and the SDK: large
+/// enough that catch-up pages and raft batches of several MiB do not stall on window updates.
+pub const HTTP2_CONNECTION_WINDOW_BYTES: u32 = 8 * 1024 * 1024;
+
+/// HTTP/2 flow-control window of one stream (one call), as above.
+pub const HTTP2_STREAM_WINDOW_BYTES: u32 = 4 * 1024 * 1024;

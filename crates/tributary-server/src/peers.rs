@@ -91,8 +91,8 @@ impl Peers {
             .http2_keep_alive_interval(Duration::from_secs(5))
             .keep_alive_timeout(Duration::from_secs(5))
             .keep_alive_while_idle(true)
-            .initial_connection_window_size(Some(8 * 1024 * 1024))
-            .initial_stream_window_size(Some(4 * 1024 * 1024))
+            .initial_connection_window_size(Some(tributary_proto::HTTP2_CONNECTION_WINDOW_BYTES))
+            .initial_stream_window_size(Some(tributary_proto::HTTP2_STREAM_WINDOW_BYTES))
             .max_frame_size(Some(tributary_proto::HTTP2_MAX_FRAME_BYTES))
             .connect_lazy();
         channels.insert(addr.to_string(), channel.clone());

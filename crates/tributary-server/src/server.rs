@@ -91,8 +91,8 @@ pub async fn serve(
         // PutRecords bodies and raft batches are often 100 KiB or more: bigger DATA frames
         // and windows mean fewer frames and window updates per request (see `peers.rs`).
         .max_frame_size(Some(tributary_proto::HTTP2_MAX_FRAME_BYTES))
-        .initial_connection_window_size(Some(8 * 1024 * 1024))
-        .initial_stream_window_size(Some(4 * 1024 * 1024))
+        .initial_connection_window_size(Some(tributary_proto::HTTP2_CONNECTION_WINDOW_BYTES))
+        .initial_stream_window_size(Some(tributary_proto::HTTP2_STREAM_WINDOW_BYTES))
         .add_service(health_service)
         .add_service(
             PeerServiceServer::new(PeerApi::new(node.clone()))
