@@ -198,6 +198,7 @@ fn entry_codec_seeds(seeds: &mut Seeds) -> Result<()> {
                 arrival_ms: 1_700_000_000_000,
                 records: records.clone(),
                 producer: None,
+                encoded: None,
             })),
         ),
         (
@@ -209,6 +210,7 @@ fn entry_codec_seeds(seeds: &mut Seeds) -> Result<()> {
                     id: 99,
                     sequence: 4,
                 }),
+                encoded: None,
             })),
         ),
         (

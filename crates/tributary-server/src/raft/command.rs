@@ -48,7 +48,7 @@ impl std::fmt::Display for Command {
 
 /// Records appended together; their sequence numbers derive from the entry's log index and
 /// each record's position in `records`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RecordBatch {
     /// ApproximateArrivalTimestamp of every record, set by the shard leader (ms since epoch).
     pub arrival_ms: i64,
@@ -56,7 +56,23 @@ pub struct RecordBatch {
     pub records: Vec<StoredRecord>,
     /// Set by an idempotent producer: the shard appends one request number once.
     pub producer: Option<ProducerStamp>,
+    /// The encoded entry payload this batch was decoded from (`entry_codec::decode`), which
+    /// also records the entry's log id. A follower appends the entries it received this way,
+    /// so `entry_codec::encode` hands these bytes back instead of copying every record into
+    /// a new payload. Never sent or compared; `None` for a batch built from a request.
+    #[serde(skip)]
+    pub encoded: Option<Bytes>,
 }
+
+impl PartialEq for RecordBatch {
+    fn eq(&self, other: &Self) -> bool {
+        self.arrival_ms == other.arrival_ms
+            && self.records == other.records
+            && self.producer == other.producer
+    }
+}
+
+impl Eq for RecordBatch {}
 
 /// An idempotent producer's id and request number (see `PutRecordsRequest`).
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]

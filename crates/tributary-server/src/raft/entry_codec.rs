@@ -37,9 +37,22 @@ fn now_ms() -> i64 {
     crate::clock::now_ms()
 }
 
+/// Bytes of a payload before its kind-specific body: format, term, leader node, kind.
+const HEADER_LEN: usize = 18;
+
 /// Encodes an entry as a log batch.
 pub fn encode(entry: &Entry) -> io::Result<tributary_log::Batch> {
     let log_id = entry.log_id();
+    if let EntryPayload::Normal(Command::Append(batch)) = &entry.payload {
+        if let Some(payload) = reusable_payload(batch, &log_id) {
+            return Ok(tributary_log::Batch {
+                index: log_id.index,
+                timestamp_ms: batch.arrival_ms,
+                record_count: batch.records.len() as u32,
+                payload,
+            });
+        }
+    }
     let mut buf = BytesMut::with_capacity(64);
     buf.put_u8(ENTRY_FORMAT);
     buf.put_u64_le(log_id.leader_id.term);
@@ -108,10 +121,41 @@ pub fn encode(entry: &Entry) -> io::Result<tributary_log::Batch> {
     })
 }
 
-/// Decodes a log batch into an entry.
+/// The payload `batch` was decoded from, if it is exactly what encoding it as the entry
+/// `log_id` would write: same format, log id, kind, arrival time and size. (Anything that
+/// changed the batch after decoding, or put it under another log id, fails a check and
+/// makes `encode` write it afresh.)
+fn reusable_payload(batch: &RecordBatch, log_id: &LogId) -> Option<Bytes> {
+    let payload = batch.encoded.as_ref()?;
+    let (kind, stamp_len) = match batch.producer {
+        None => (KIND_APPEND, 0),
+        Some(_) => (KIND_APPEND_IDEMPOTENT, 16),
+    };
+    let body: usize = batch
+        .records
+        .iter()
+        .map(|r| 6 + r.partition_key.len() + r.data.len())
+        .sum();
+    if payload.len() != HEADER_LEN + stamp_len + 12 + body {
+        return None;
+    }
+    let mut header = &payload[..HEADER_LEN + stamp_len + 8];
+    let same = header.get_u8() == ENTRY_FORMAT
+        && header.get_u64_le() == log_id.leader_id.term
+        && header.get_u64_le() == log_id.leader_id.node_id
+        && header.get_u8() == kind
+        && batch.producer.is_none_or(|stamp| {
+            header.get_u64_le() == stamp.id && header.get_u64_le() == stamp.sequence
+        })
+        && header.get_i64_le() == batch.arrival_ms;
+    same.then(|| payload.clone())
+}
+
+/// Decodes a log batch into an entry. An append entry keeps `batch`'s payload (see
+/// `RecordBatch::encoded`).
 pub fn decode(batch: &tributary_log::Batch) -> io::Result<Entry> {
     let mut payload = batch.payload.clone();
-    if payload.remaining() < 18 {
+    if payload.remaining() < HEADER_LEN {
         return Err(invalid(format!(
             "entry {} payload is {} bytes; too short",
             batch.index,
@@ -138,7 +182,9 @@ pub fn decode(batch: &tributary_log::Batch) -> io::Result<Entry> {
             serde_json::from_slice(&payload).map_err(|e| invalid(e.to_string()))?,
         ),
         KIND_APPEND | KIND_APPEND_IDEMPOTENT => {
-            EntryPayload::Normal(Command::Append(decode_records(kind, payload, batch.index)?))
+            let mut records = decode_records(kind, payload, batch.index)?;
+            records.encoded = Some(batch.payload.clone());
+            EntryPayload::Normal(Command::Append(records))
         }
         KIND_METADATA => EntryPayload::Normal(Command::Metadata(
             serde_json::from_slice(&payload).map_err(|e| invalid(e.to_string()))?,
@@ -159,7 +205,7 @@ pub fn decode(batch: &tributary_log::Batch) -> io::Result<Entry> {
 /// Decodes only the records of an append entry (None for other kinds); used by readers.
 pub fn decode_record_batch(batch: &tributary_log::Batch) -> io::Result<Option<RecordBatch>> {
     let mut payload = batch.payload.clone();
-    if payload.remaining() < 18 {
+    if payload.remaining() < HEADER_LEN {
         return Err(invalid(format!(
             "entry {} payload is too short",
             batch.index
@@ -227,6 +273,7 @@ fn decode_records(kind: u8, mut body: Bytes, index: u64) -> io::Result<RecordBat
         arrival_ms,
         records,
         producer,
+        encoded: None,
     })
 }
 
@@ -248,19 +295,36 @@ mod tests {
         }
     }
 
+    fn record_batch() -> impl Strategy<Value = RecordBatch> {
+        let record = (
+            "[a-z0-9]{1,20}",
+            proptest::collection::vec(any::<u8>(), 0..200),
+        );
+        (
+            any::<i64>(),
+            proptest::collection::vec(record, 0..20),
+            proptest::option::of((1u64..u64::MAX, 1u64..u64::MAX)),
+        )
+            .prop_map(|(arrival_ms, records, producer)| RecordBatch {
+                arrival_ms,
+                records: records
+                    .into_iter()
+                    .map(|(k, d)| StoredRecord {
+                        partition_key: k,
+                        data: Bytes::from(d),
+                    })
+                    .collect(),
+                producer: producer.map(|(id, sequence)| ProducerStamp { id, sequence }),
+                encoded: None,
+            })
+    }
+
     proptest! {
         #[test]
         fn append_entries_round_trip(
             index in 1u64..u64::MAX,
-            arrival_ms in any::<i64>(),
-            records in proptest::collection::vec(("[a-z0-9]{1,20}", proptest::collection::vec(any::<u8>(), 0..200)), 0..20),
-            producer in proptest::option::of((1u64..u64::MAX, 1u64..u64::MAX)),
+            batch in record_batch(),
         ) {
-            let batch = RecordBatch {
-                arrival_ms,
-                records: records.into_iter().map(|(k, d)| StoredRecord { partition_key: k, data: Bytes::from(d) }).collect(),
-                producer: producer.map(|(id, sequence)| ProducerStamp { id, sequence }),
-            };
             let original = entry(index, EntryPayload::Normal(Command::Append(batch.clone())));
             let encoded = encode(&original).expect("encode");
             prop_assert_eq!(encoded.index, index);
@@ -271,7 +335,35 @@ mod tests {
                 EntryPayload::Normal(Command::Append(got)) => prop_assert_eq!(got, batch.clone()),
                 other => prop_assert!(false, "wrong payload {:?}", other),
             }
-            prop_assert_eq!(decode_record_batch(&encoded).expect("records"), Some(batch));
+            prop_assert_eq!(decode_record_batch(&encoded).expect("records"), Some(batch.clone()));
+        }
+
+        #[test]
+        fn a_decoded_append_encodes_to_the_same_bytes_without_a_copy(
+            index in 2u64..u64::MAX,
+            batch in record_batch(),
+        ) {
+            let stored = encode(&entry(index, EntryPayload::Normal(Command::Append(batch)))).expect("encode");
+            let decoded = decode(&stored).expect("decode");
+            let again = encode(&decoded).expect("encode again");
+            prop_assert_eq!(&again, &stored);
+            prop_assert_eq!(again.payload.as_ptr(), stored.payload.as_ptr(), "the stored payload is reused");
+
+            // Changed after decoding, or under another log id: encoded afresh, never the old bytes.
+            let EntryPayload::Normal(Command::Append(mut changed)) = decoded.payload.clone() else {
+                panic!("an append decodes as an append");
+            };
+            changed.arrival_ms = changed.arrival_ms.wrapping_add(1);
+            let fresh = Command::Append(RecordBatch { encoded: None, ..changed.clone() });
+            let reencoded = encode(&entry(index, EntryPayload::Normal(Command::Append(changed)))).expect("encode changed");
+            prop_assert_eq!(&reencoded, &encode(&entry(index, EntryPayload::Normal(fresh))).expect("encode fresh"));
+            let moved = Entry {
+                log_id: LogId::new(openraft::vote::leader_id_adv::LeaderId { term: 4, node_id: 2 }, index - 1),
+                payload: decoded.payload,
+            };
+            let reencoded = encode(&moved).expect("encode under another log id");
+            prop_assert_eq!(decode(&reencoded).expect("decode").log_id, moved.log_id);
+            prop_assert_ne!(reencoded.payload.as_ptr(), stored.payload.as_ptr());
         }
     }
 
@@ -344,6 +436,7 @@ mod tests {
                 data: Bytes::from_static(b"hello"),
             }],
             producer: None,
+            encoded: None,
         };
         encode(&entry(1, EntryPayload::Normal(Command::Append(batch)))).expect("encode")
     }

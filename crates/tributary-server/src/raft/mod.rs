@@ -8,6 +8,7 @@
 //! - `meta_store`: RocksDB for vote, committed and purged log ids and applied state.
 //! - `state_machine`: metadata state, and the shard tip watch readers wake from.
 //! - `network`: raft messages over the shared peer connections (`crate::peers`).
+//! - `replication_wire`: AppendEntries with its entries as encoded log batches.
 
 pub mod command;
 pub mod entry_codec;
@@ -15,6 +16,7 @@ pub mod flusher;
 pub mod log_store;
 pub mod meta_store;
 pub mod network;
+pub mod replication_wire;
 pub mod state_machine;
 
 use std::sync::Arc;

@@ -3,7 +3,8 @@
 //! Every group's messages to a peer travel over that peer's one batched stream
 //! (`crate::raft_mux`, on the shared HTTP/2 connection of `crate::peers`), tagged with the group id and the incarnation the sender's membership
 //! records for the target. Bodies are bincode of the openraft types (in flight only; never
-//! stored). Any failure to deliver, including "that group does not run there yet" and an
+//! stored), except AppendEntries, whose entries travel as encoded log batches
+//! (`replication_wire`). Any failure to deliver, including "that group does not run there yet" and an
 //! incarnation mismatch, is reported to openraft as `Unreachable`, which makes it back off
 //! and retry rather than treat the answer as a vote or an acknowledgement.
 
@@ -23,7 +24,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tributary_proto::v1 as pb;
 
-use super::{GroupId, Member, TypeConfig, Vote};
+use super::{replication_wire, GroupId, Member, TypeConfig, Vote};
 use crate::peers::Peers;
 use crate::raft_mux::RaftMux;
 
@@ -81,12 +82,21 @@ impl PeerLink {
     ) -> Result<Resp, Unreachable<TypeConfig>> {
         let body = bincode::serialize(request)
             .map_err(|e| unreachable(format!("cannot encode a raft message: {e}")))?;
+        self.send(kind, body.into(), ttl).await
+    }
+
+    async fn send<Resp: DeserializeOwned>(
+        &mut self,
+        kind: pb::RaftMessageKind,
+        body: bytes::Bytes,
+        ttl: Duration,
+    ) -> Result<Resp, Unreachable<TypeConfig>> {
         let message = pb::RaftMessage {
             group_id: self.group,
             kind: kind as i32,
             from: self.from,
             target_incarnation: self.incarnation,
-            body: body.into(),
+            body,
         };
         let reply = match tokio::time::timeout(ttl, self.mux.call(message)).await {
             Ok(Ok(reply)) => reply,
@@ -130,8 +140,10 @@ impl RaftNetworkV2<TypeConfig> for PeerLink {
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
         // Large batches take longer than a heartbeat interval to ship and fsync.
         let ttl = ttl(&option).max(Duration::from_secs(5));
+        let body = replication_wire::encode(&rpc)
+            .map_err(|e| unreachable(format!("cannot encode AppendEntries: {e}")))?;
         Ok(self
-            .call(pb::RaftMessageKind::AppendEntries, &rpc, ttl)
+            .send(pb::RaftMessageKind::AppendEntriesBatches, body, ttl)
             .await?)
     }
 

@@ -222,6 +222,7 @@ impl DataApi {
                     arrival_ms: 0,
                     records,
                     producer,
+                    encoded: None,
                 };
                 let result = match self.shard_group(stream, shard_index) {
                     Ok(group) => {

@@ -14,6 +14,7 @@ use tributary_proto::v1::peer_service_server::PeerService;
 use crate::error::ApiError;
 use crate::node::{not_leader, LocalWrite, Node};
 use crate::raft::network::SnapshotWire;
+use crate::raft::replication_wire;
 use crate::raft::{Raft, RecordBatch};
 use crate::raft_mux::serve_stream;
 
@@ -74,22 +75,26 @@ fn forward_reply(result: Result<LocalWrite<u64>, ApiError>) -> pb::ForwardReply 
     }
 }
 
-async fn handle(raft: &Raft, kind: pb::RaftMessageKind, body: &[u8]) -> pb::RaftReply {
+async fn handle(raft: &Raft, kind: pb::RaftMessageKind, body: bytes::Bytes) -> pb::RaftReply {
     use pb::RaftMessageKind as Kind;
     match kind {
-        Kind::AppendEntries => match decode(body) {
+        Kind::AppendEntriesBatches => match replication_wire::decode(body) {
+            Ok(rpc) => reply(raft.append_entries(rpc).await),
+            Err(err) => reply::<(), _>(Err(format!("raft message does not decode: {err}"))),
+        },
+        Kind::AppendEntries => match decode(&body) {
             Ok(rpc) => reply(raft.append_entries(rpc).await),
             Err(err) => reply::<(), _>(Err(err)),
         },
-        Kind::Vote => match decode(body) {
+        Kind::Vote => match decode(&body) {
             Ok(rpc) => reply(raft.vote(rpc).await),
             Err(err) => reply::<(), _>(Err(err)),
         },
-        Kind::PreVote => match decode(body) {
+        Kind::PreVote => match decode(&body) {
             Ok(rpc) => reply(raft.pre_vote(rpc).await),
             Err(err) => reply::<(), _>(Err(err)),
         },
-        Kind::FullSnapshot => match decode::<SnapshotWire>(body) {
+        Kind::FullSnapshot => match decode::<SnapshotWire>(&body) {
             Ok((vote, meta, data)) => {
                 let snapshot = openraft::alias::SnapshotOf::<crate::raft::TypeConfig, _> {
                     meta,
@@ -99,7 +104,7 @@ async fn handle(raft: &Raft, kind: pb::RaftMessageKind, body: &[u8]) -> pb::Raft
             }
             Err(err) => reply::<(), _>(Err(err)),
         },
-        Kind::TransferLeader => match decode(body) {
+        Kind::TransferLeader => match decode(&body) {
             Ok(rpc) => reply(raft.handle_transfer_leader(rpc).await),
             Err(err) => reply::<(), _>(Err(err)),
         },
@@ -125,12 +130,15 @@ async fn handle_message(node: &Node, message: pb::RaftMessage) -> pb::RaftReply 
     };
     let kind =
         pb::RaftMessageKind::try_from(message.kind).unwrap_or(pb::RaftMessageKind::Unspecified);
-    if kind == pb::RaftMessageKind::AppendEntries {
+    if matches!(
+        kind,
+        pb::RaftMessageKind::AppendEntries | pb::RaftMessageKind::AppendEntriesBatches
+    ) {
         if let Some(shard) = node.shard_group(message.group_id) {
             shard.note_leader_contact();
         }
     }
-    handle(&raft, kind, &message.body).await
+    handle(&raft, kind, message.body).await
 }
 
 #[tonic::async_trait]
