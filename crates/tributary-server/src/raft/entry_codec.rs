@@ -121,10 +121,11 @@ pub fn encode(entry: &Entry) -> io::Result<tributary_log::Batch> {
     })
 }
 
-/// The payload `batch` was decoded from, if it is exactly what encoding it as the entry
-/// `log_id` would write: same format, log id, kind, arrival time and size. (Anything that
-/// changed the batch after decoding, or put it under another log id, fails a check and
-/// makes `encode` write it afresh.)
+/// The payload `batch` was decoded from, if it is what encoding it as the entry `log_id`
+/// would write: same format, log id, kind, producer stamp, arrival time, record count and
+/// size. A batch changed after decoding, or put under another log id, fails a check and is
+/// encoded afresh; nothing changes a decoded batch's record bytes in place (a change that
+/// kept every one of these would not be seen).
 fn reusable_payload(batch: &RecordBatch, log_id: &LogId) -> Option<Bytes> {
     let payload = batch.encoded.as_ref()?;
     let (kind, stamp_len) = match batch.producer {
@@ -139,7 +140,7 @@ fn reusable_payload(batch: &RecordBatch, log_id: &LogId) -> Option<Bytes> {
     if payload.len() != HEADER_LEN + stamp_len + 12 + body {
         return None;
     }
-    let mut header = &payload[..HEADER_LEN + stamp_len + 8];
+    let mut header = &payload[..HEADER_LEN + stamp_len + 12];
     let same = header.get_u8() == ENTRY_FORMAT
         && header.get_u64_le() == log_id.leader_id.term
         && header.get_u64_le() == log_id.leader_id.node_id
@@ -147,7 +148,8 @@ fn reusable_payload(batch: &RecordBatch, log_id: &LogId) -> Option<Bytes> {
         && batch.producer.is_none_or(|stamp| {
             header.get_u64_le() == stamp.id && header.get_u64_le() == stamp.sequence
         })
-        && header.get_i64_le() == batch.arrival_ms;
+        && header.get_i64_le() == batch.arrival_ms
+        && header.get_u32_le() as usize == batch.records.len();
     same.then(|| payload.clone())
 }
 
@@ -439,6 +441,39 @@ mod tests {
             encoded: None,
         };
         encode(&entry(1, EntryPayload::Normal(Command::Append(batch)))).expect("encode")
+    }
+
+    #[test]
+    fn a_stored_payload_is_not_reused_for_records_of_the_same_size_but_another_count() {
+        let record = |len: usize| StoredRecord {
+            partition_key: "k".into(),
+            data: Bytes::from(vec![7u8; len]),
+        };
+        let two = RecordBatch {
+            arrival_ms: 5,
+            records: vec![record(10), record(20)],
+            producer: None,
+            encoded: None,
+        };
+        let stored = encode(&entry(9, EntryPayload::Normal(Command::Append(two)))).expect("encode");
+        let EntryPayload::Normal(Command::Append(mut decoded)) =
+            decode(&stored).expect("decode").payload
+        else {
+            panic!("an append decodes as an append");
+        };
+        // One record of 37 bytes takes the same 44 payload bytes as records of 10 and 20.
+        decoded.records = vec![record(37)];
+        let again = encode(&entry(
+            9,
+            EntryPayload::Normal(Command::Append(decoded.clone())),
+        ))
+        .expect("encode");
+        assert_eq!(again.payload.len(), stored.payload.len());
+        assert_ne!(again.payload, stored.payload);
+        let read = decode_record_batch(&again)
+            .expect("decode")
+            .expect("records");
+        assert_eq!(read.records, decoded.records);
     }
 
     #[test]

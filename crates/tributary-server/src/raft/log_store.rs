@@ -16,12 +16,12 @@ use std::sync::{Arc, Mutex};
 
 use openraft::entry::RaftEntry;
 use openraft::storage::{IOFlushed, LogState, RaftLogStorage};
-use openraft::{OptionalSend, RaftLogReader};
+use openraft::{EntryPayload, OptionalSend, RaftLogReader};
 
 use super::entry_codec;
 use super::flusher::Flusher;
 use super::meta_store::{GroupKey, MetaStore};
-use super::{Entry, GroupId, LogId, TypeConfig, Vote, METADATA_GROUP};
+use super::{Command, Entry, GroupId, LogId, TypeConfig, Vote, METADATA_GROUP};
 
 /// Raft's replication reads stop at this many bytes (always at least one entry), so a
 /// burst of 5 MiB batches cannot build a huge AppendEntries message.
@@ -354,9 +354,16 @@ impl RaftLogStorage<TypeConfig> for GroupLogStore {
             }
         }
         let mut batches = Vec::new();
+        // Which batches are slices of a received AppendEntries message (`replication_wire`):
+        // kept in memory as a copy, so that a small entry cannot hold a whole message.
+        let mut received = Vec::new();
         let mut last = None;
         for entry in entries {
             batches.push(entry_codec::encode(&entry)?);
+            received.push(matches!(
+                &entry.payload,
+                EntryPayload::Normal(Command::Append(batch)) if batch.encoded.is_some()
+            ));
             last = Some(entry.log_id());
         }
         if !batches.is_empty() {
@@ -367,8 +374,15 @@ impl RaftLogStorage<TypeConfig> for GroupLogStore {
             }
             self.lock().last_log_id = last;
             let mut recent = self.recent();
-            for batch in batches {
-                recent.push(batch);
+            for (batch, received) in batches.into_iter().zip(received) {
+                if received {
+                    recent.push(tributary_log::Batch {
+                        payload: bytes::Bytes::copy_from_slice(&batch.payload),
+                        ..batch
+                    });
+                } else {
+                    recent.push(batch);
+                }
             }
         }
         self.inner.flusher.flush(self.inner.log.clone(), callback);

@@ -46,6 +46,10 @@ impl PeerNetwork {
     }
 }
 
+/// What a node answers to a raft message kind it does not know (`service/peer.rs`); a node
+/// of an earlier release answers `APPEND_ENTRIES_BATCHES` so.
+pub const UNKNOWN_KIND: &str = "raft message kind is unspecified";
+
 /// One group's link to one peer.
 pub struct PeerLink {
     mux: Arc<RaftMux>,
@@ -53,6 +57,9 @@ pub struct PeerLink {
     from: u64,
     target: u64,
     incarnation: u64,
+    /// The peer refused AppendEntries as log batches (it runs an earlier release, as in a
+    /// rolling upgrade): bincode is sent to it from then on.
+    bincode_appends: bool,
 }
 
 impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
@@ -65,6 +72,7 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
             from: self.from,
             target,
             incarnation: node.incarnation,
+            bincode_appends: false,
         }
     }
 }
@@ -82,15 +90,17 @@ impl PeerLink {
     ) -> Result<Resp, Unreachable<TypeConfig>> {
         let body = bincode::serialize(request)
             .map_err(|e| unreachable(format!("cannot encode a raft message: {e}")))?;
-        self.send(kind, body.into(), ttl).await
+        let reply = self.send(kind, body.into(), ttl).await?;
+        self.decode_reply(reply)
     }
 
-    async fn send<Resp: DeserializeOwned>(
+    /// Sends one message; the reply may still carry an error.
+    async fn send(
         &mut self,
         kind: pb::RaftMessageKind,
         body: bytes::Bytes,
         ttl: Duration,
-    ) -> Result<Resp, Unreachable<TypeConfig>> {
+    ) -> Result<pb::RaftReply, Unreachable<TypeConfig>> {
         let message = pb::RaftMessage {
             group_id: self.group,
             kind: kind as i32,
@@ -98,17 +108,21 @@ impl PeerLink {
             target_incarnation: self.incarnation,
             body,
         };
-        let reply = match tokio::time::timeout(ttl, self.mux.call(message)).await {
-            Ok(Ok(reply)) => reply,
-            Ok(Err(why)) => return Err(unreachable(format!("node {}: {why}", self.target))),
-            Err(_) => {
-                return Err(unreachable(format!(
-                    "node {} did not answer within {} ms",
-                    self.target,
-                    ttl.as_millis()
-                )))
-            }
-        };
+        match tokio::time::timeout(ttl, self.mux.call(message)).await {
+            Ok(Ok(reply)) => Ok(reply),
+            Ok(Err(why)) => Err(unreachable(format!("node {}: {why}", self.target))),
+            Err(_) => Err(unreachable(format!(
+                "node {} did not answer within {} ms",
+                self.target,
+                ttl.as_millis()
+            ))),
+        }
+    }
+
+    fn decode_reply<Resp: DeserializeOwned>(
+        &self,
+        reply: pb::RaftReply,
+    ) -> Result<Resp, Unreachable<TypeConfig>> {
         if !reply.error.is_empty() {
             return Err(unreachable(format!(
                 "node {}: {}",
@@ -140,10 +154,24 @@ impl RaftNetworkV2<TypeConfig> for PeerLink {
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
         // Large batches take longer than a heartbeat interval to ship and fsync.
         let ttl = ttl(&option).max(Duration::from_secs(5));
-        let body = replication_wire::encode(&rpc)
-            .map_err(|e| unreachable(format!("cannot encode AppendEntries: {e}")))?;
+        if !self.bincode_appends {
+            let body = replication_wire::encode(&rpc)
+                .map_err(|e| unreachable(format!("cannot encode AppendEntries: {e}")))?;
+            let reply = self
+                .send(pb::RaftMessageKind::AppendEntriesBatches, body, ttl)
+                .await?;
+            if reply.error != UNKNOWN_KIND {
+                return Ok(self.decode_reply(reply)?);
+            }
+            tracing::info!(
+                group = self.group,
+                node = self.target,
+                "the peer does not take AppendEntries as log batches (an earlier release); sending it bincode"
+            );
+            self.bincode_appends = true;
+        }
         Ok(self
-            .send(pb::RaftMessageKind::AppendEntriesBatches, body, ttl)
+            .call(pb::RaftMessageKind::AppendEntries, &rpc, ttl)
             .await?)
     }
 

@@ -65,7 +65,7 @@ pub fn decode(mut body: Bytes) -> io::Result<AppendEntriesRequest<TypeConfig>> {
         return Err(short());
     }
     let header_len = body.get_u32_le() as usize;
-    if body.remaining() < header_len + 4 {
+    if body.remaining() < header_len.saturating_add(4) {
         return Err(short());
     }
     let header = body.split_to(header_len);

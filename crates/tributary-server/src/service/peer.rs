@@ -13,7 +13,7 @@ use tributary_proto::v1::peer_service_server::PeerService;
 
 use crate::error::ApiError;
 use crate::node::{not_leader, LocalWrite, Node};
-use crate::raft::network::SnapshotWire;
+use crate::raft::network::{SnapshotWire, UNKNOWN_KIND};
 use crate::raft::replication_wire;
 use crate::raft::{Raft, RecordBatch};
 use crate::raft_mux::serve_stream;
@@ -108,7 +108,7 @@ async fn handle(raft: &Raft, kind: pb::RaftMessageKind, body: bytes::Bytes) -> p
             Ok(rpc) => reply(raft.handle_transfer_leader(rpc).await),
             Err(err) => reply::<(), _>(Err(err)),
         },
-        Kind::Unspecified => reply::<(), _>(Err("raft message kind is unspecified")),
+        Kind::Unspecified => reply::<(), _>(Err(UNKNOWN_KIND)),
     }
 }
 
