@@ -7,13 +7,6 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use tributary_server::config::NodeConfig;
 
-/// mimalloc instead of glibc's malloc: a write allocates and frees buffers of every size
-/// from 16 bytes to several MiB on several threads, and glibc's allocator spent about 11%
-/// of the servers' CPU on that at maximum throughput (its bins, `malloc_consolidate` and
-/// returning freed blocks); see docs/benchmarks.md.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser)]
 #[command(
     name = "tributary",
