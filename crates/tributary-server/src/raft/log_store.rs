@@ -354,8 +354,10 @@ impl RaftLogStorage<TypeConfig> for GroupLogStore {
             }
         }
         let mut batches = Vec::new();
-        // Which batches are slices of a received AppendEntries message (`replication_wire`):
-        // kept in memory as a copy, so that a small entry cannot hold a whole message.
+        // Which batches came in an AppendEntries message and are slices of it
+        // (`replication_wire`): the recent-entries run holds a copy of those, so that a small
+        // entry cannot keep a whole multi-MiB message alive. The run must still take every
+        // entry: it ends at the last log entry, and a follower's state machine applies from it.
         let mut received = Vec::new();
         let mut last = None;
         for entry in entries {
@@ -375,14 +377,12 @@ impl RaftLogStorage<TypeConfig> for GroupLogStore {
             self.lock().last_log_id = last;
             let mut recent = self.recent();
             for (batch, received) in batches.into_iter().zip(received) {
-                if received {
-                    recent.push(tributary_log::Batch {
-                        payload: bytes::Bytes::copy_from_slice(&batch.payload),
-                        ..batch
-                    });
+                let payload = if received {
+                    bytes::Bytes::copy_from_slice(&batch.payload)
                 } else {
-                    recent.push(batch);
-                }
+                    batch.payload
+                };
+                recent.push(tributary_log::Batch { payload, ..batch });
             }
         }
         self.inner.flusher.flush(self.inner.log.clone(), callback);
@@ -424,6 +424,80 @@ impl RaftLogStorage<TypeConfig> for GroupLogStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Entries as a follower receives them: decoded from what a leader encoded.
+    fn received(from: u64, to: u64) -> Vec<Entry> {
+        (from..=to)
+            .map(|index| {
+                let sent = Entry {
+                    log_id: LogId::new(
+                        openraft::vote::leader_id_adv::LeaderId {
+                            term: 1,
+                            node_id: 1,
+                        },
+                        index,
+                    ),
+                    payload: EntryPayload::Normal(Command::Append(super::super::RecordBatch {
+                        arrival_ms: 1,
+                        records: vec![super::super::StoredRecord {
+                            partition_key: "k".into(),
+                            data: bytes::Bytes::from(vec![index as u8; 100]),
+                        }],
+                        producer: None,
+                        encoded: None,
+                    })),
+                };
+                entry_codec::decode(&entry_codec::encode(&sent).expect("encode")).expect("decode")
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn received_entries_are_kept_as_copies_not_as_slices_of_the_message() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let meta = Arc::new(MetaStore::open(&dir.path().join("meta")).expect("meta store"));
+        let (mut store, _) = GroupLogStore::open(
+            1,
+            &dir.path().join("log"),
+            tributary_log::LogConfig::default(),
+            meta,
+            Flusher::start().expect("flusher"),
+            None,
+        )
+        .expect("open");
+        let entries = received(1, 3);
+        let slices: Vec<*const u8> = entries
+            .iter()
+            .map(|entry| match &entry.payload {
+                EntryPayload::Normal(Command::Append(batch)) => batch
+                    .encoded
+                    .as_ref()
+                    .expect("decoded entries keep their payload")
+                    .as_ptr(),
+                other => panic!("an append decoded as {other:?}"),
+            })
+            .collect();
+        store
+            .append(entries, IOFlushed::noop())
+            .await
+            .expect("append as a follower");
+        let run: Vec<_> = store.recent().batches.iter().cloned().collect();
+        // The run ends at the last entry (the state machine applies from it)...
+        assert_eq!(indexes(&run), vec![1, 2, 3]);
+        // ...holding copies, not slices of the message the entries came in.
+        for (kept, slice) in run.iter().zip(slices) {
+            assert_ne!(kept.payload.as_ptr(), slice);
+        }
+        let read = store.read_range(1, 4, usize::MAX).expect("read");
+        let stored: Vec<_> = read
+            .iter()
+            .map(|entry| entry_codec::encode(entry).expect("encode").payload)
+            .collect();
+        assert_eq!(
+            stored,
+            run.iter().map(|b| b.payload.clone()).collect::<Vec<_>>()
+        );
+    }
 
     fn batch(index: u64, bytes: usize) -> tributary_log::Batch {
         tributary_log::Batch {
